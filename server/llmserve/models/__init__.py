@@ -1,0 +1,1 @@
+"""Model preparation: the embedded default model, checkpoint conversion and checks."""
