@@ -1,0 +1,207 @@
+"""A deterministic in-memory engine for tests and frontend benchmarks.
+
+Its tokenizer maps each UTF-8 byte to one token (id = byte + 3; 0 pad, 1 BOS, 2 EOS). Completion
+i of a request "generates" the bytes of `FakeEngine.text`, cycled and shifted by i, one token per
+step, honouring max_tokens, min_tokens, stop strings, stop token ids and EOS.
+"""
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+
+from llmserve.engine.protocol import (
+    ChatTurn,
+    CompletionDelta,
+    FinishReason,
+    GenerationOutput,
+    GenerationRequest,
+    ModelInfo,
+    PositionLogprobs,
+    TokenLogprob,
+)
+from llmserve.errors import EngineDeadError
+
+BYTE_OFFSET = 3
+BOS, EOS = 1, 2
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        *,
+        text: str = "The quick brown fox jumps over the lazy dog. ",
+        max_model_len: int = 512,
+        token_delay: float = 0.0,
+        eos_after: int | None = None,
+        name: str = "fake",
+    ):
+        self.text = text.encode()
+        self.token_delay = token_delay
+        # Emit EOS after this many tokens (unless ignore_eos); None: never.
+        self.eos_after = eos_after
+        self.model_info = ModelInfo(
+            name=name, path="/dev/null", engine="fake", engine_version="0",
+            max_model_len=max_model_len, dtype="float32", vocab_size=256 + BYTE_OFFSET,
+            architecture="FakeForCausalLM", eos_token_id=EOS, has_chat_template=True,
+            tensor_parallel_size=1,
+        )
+        self.requests: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self.running: set[str] = set()
+        # Set to make every generate() fail (e.g. an error the server must map to a status).
+        self.failure: BaseException | None = None
+        self._dead = False
+
+    # Tokenizer.
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [b + BYTE_OFFSET for b in text.encode()]
+        return [BOS, *ids] if add_special_tokens else ids
+
+    def detokenize(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return bytes(t - BYTE_OFFSET for t in token_ids if t >= BYTE_OFFSET).decode(
+            errors="replace")
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [self.detokenize([t]) if t >= BYTE_OFFSET else f"<{t}>" for t in token_ids]
+
+    def render_chat(self, messages: Sequence[ChatTurn], add_generation_prompt: bool) -> str:
+        rendered = "".join(f"<|{m.role}|>{m.content}\n" for m in messages)
+        return rendered + ("<|assistant|>" if add_generation_prompt else "")
+
+    # Generation.
+
+    def _next_token(self, index: int, position: int) -> int:
+        return self.text[(position + index) % len(self.text)] + BYTE_OFFSET
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        if self._dead:
+            raise EngineDeadError()
+        if self.failure is not None:
+            raise self.failure
+        self.requests.append(request)
+        self.running.add(request.request_id)
+        try:
+            completions = [_FakeCompletion(i) for i in range(request.n)]
+            prompt_logprobs = self._prompt_logprobs(request)
+            while not all(c.finish_reason for c in completions):
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                else:
+                    await asyncio.sleep(0)
+                if self._dead:
+                    raise EngineDeadError()
+                for c in completions:
+                    if not c.finish_reason:
+                        self._step(request, c)
+                finished = all(c.finish_reason for c in completions)
+                if request.stream:
+                    output = GenerationOutput(
+                        completions=[c.take_delta() for c in completions if c.has_news],
+                        finished=finished, prompt_logprobs=prompt_logprobs,
+                        queued_seconds=0.0 if finished else None,
+                    )
+                    prompt_logprobs = None
+                    yield output
+            if not request.stream:
+                yield GenerationOutput(
+                    completions=[c.whole() for c in completions], finished=True,
+                    prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
+                )
+        finally:
+            self.running.discard(request.request_id)
+
+    def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> None:
+        position = len(c.token_ids)
+        token = self._next_token(c.index, position)
+        can_stop = position >= request.min_tokens
+        if (can_stop and not request.ignore_eos and self.eos_after is not None
+                and position >= self.eos_after):
+            token = EOS
+        c.append(token, self.detokenize([token]), request.logprobs)
+        if can_stop and token == EOS:
+            c.finish(FinishReason.EOS, None, text_cut=1)
+        elif can_stop and token in request.stop_token_ids:
+            c.finish(FinishReason.STOP, token, text_cut=1)
+        elif can_stop and (stop := next((s for s in request.stop if s in c.text), None)):
+            cut = 0 if request.include_stop_str_in_output else len(stop)
+            c.finish(FinishReason.STOP_SEQUENCE, stop, text_cut=cut)
+        elif len(c.token_ids) >= request.max_tokens:
+            c.finish(FinishReason.LENGTH, None, text_cut=0)
+
+    def _prompt_logprobs(self, request: GenerationRequest) -> list[PositionLogprobs | None] | None:
+        if request.prompt_logprobs is None:
+            return None
+        return [None] + [_logprobs_for(t, request.prompt_logprobs)
+                         for t in request.prompt_token_ids[1:]]
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self.running.discard(request_id)
+
+    # Lifecycle.
+
+    async def check_health(self) -> None:
+        if self._dead:
+            raise EngineDeadError()
+
+    @property
+    def is_dead(self) -> bool:
+        return self._dead
+
+    def kill(self) -> None:
+        """Simulates the engine dying: every request fails with EngineDeadError from now on."""
+        self._dead = True
+
+    def shutdown(self) -> None:
+        self._dead = True
+
+
+def _logprobs_for(token_id: int, top: int) -> PositionLogprobs:
+    chosen = TokenLogprob(token_id=token_id, token=chr(max(token_id - BYTE_OFFSET, 32)),
+                          logprob=-0.5, rank=1)
+    return PositionLogprobs(chosen=chosen, top=[chosen][:top])
+
+
+class _FakeCompletion:
+    def __init__(self, index: int):
+        self.index = index
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.logprobs: list[PositionLogprobs] = []
+        self.finish_reason: FinishReason | None = None
+        self.stop_reason: str | int | None = None
+        self._sent_tokens = 0
+        self._sent_text = 0
+        self.has_news = False
+
+    def append(self, token: int, text: str, logprobs: int | None) -> None:
+        self.token_ids.append(token)
+        self.text += text
+        if logprobs is not None:
+            self.logprobs.append(_logprobs_for(token, logprobs))
+        self.has_news = True
+
+    def finish(self, reason: FinishReason, stop_reason: str | int | None, text_cut: int) -> None:
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        if text_cut:
+            self.text = self.text[:-text_cut]
+
+    def take_delta(self) -> CompletionDelta:
+        delta = CompletionDelta(
+            index=self.index,
+            text=self.text[self._sent_text:],
+            token_ids=self.token_ids[self._sent_tokens:],
+            logprobs=self.logprobs[self._sent_tokens:] or None,
+            finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
+        self._sent_tokens, self._sent_text = len(self.token_ids), len(self.text)
+        self.has_news = False
+        return delta
+
+    def whole(self) -> CompletionDelta:
+        return CompletionDelta(
+            index=self.index, text=self.text, token_ids=self.token_ids,
+            logprobs=self.logprobs or None, finish_reason=self.finish_reason,
+            stop_reason=self.stop_reason,
+        )
