@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmserve.config import ServerConfig
 from llmserve.engine.protocol import Engine
+from llmserve.metrics import MetricsEndpoint
 from llmserve.servicer import LlmServicer, ServerState
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
@@ -25,7 +26,7 @@ from llmserve.validation import RequestLimits
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlmService"].full_name
-EXTENSIONS = ("health", "reflection")
+EXTENSIONS = ("health", "reflection", "metrics")
 ENGINE_WATCH_INTERVAL_SECONDS = 1.0
 
 EngineFactory = Callable[[], Awaitable[Engine]]
@@ -57,6 +58,7 @@ class LlmServer:
         self._engine_factory = engine_factory
         self._served_model_name = served_model_name
         self._server: grpc.aio.Server | None = None
+        self.metrics = MetricsEndpoint(config.host, config.metrics_port)
         self._servicer: LlmServicer | None = None
         self._stop_requested = asyncio.Event()
         self._engine_failed = False
@@ -86,6 +88,8 @@ class LlmServer:
         await self._set_serving(False)
         await self._server.start()
         logger.info("gRPC server listening on %s (port %d)", address, self.port)
+        if self.config.metrics_port:
+            self.metrics.start()
         self._tasks.append(asyncio.create_task(self._load_engine(), name="load-engine"))
         return self.port
 
@@ -148,6 +152,7 @@ class LlmServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.state.engine is not None:
             self.state.engine.shutdown()
+        self.metrics.stop()
         logger.info("server stopped")
 
     async def run(self) -> int:

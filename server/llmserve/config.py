@@ -16,6 +16,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CPU_KV_CACHE_BYTES = 2 * 1024**3
 
@@ -24,6 +25,7 @@ CPU_KV_CACHE_BYTES = 2 * 1024**3
 class ServerConfig:
     host: str
     port: int
+    metrics_port: int
     max_concurrent_rpcs: int | None
     max_message_bytes: int
     default_max_tokens: int
@@ -45,6 +47,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Address to bind (default 0.0.0.0; [::] for IPv6).")
     group.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT,
                        help="gRPC port (default %(default)s, as Triton).")
+    group.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                       help="Prometheus metrics port, GET /metrics (default %(default)s, as "
+                            "Triton; 0 disables).")
     group.add_argument("--max-concurrent-rpcs", type=int, default=None,
                        help="Most RPCs the gRPC server runs at once; more are refused with "
                             "RESOURCE_EXHAUSTED (default: unlimited).")

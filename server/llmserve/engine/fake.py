@@ -119,7 +119,7 @@ class FakeEngine:
             token = EOS
         c.append(token, self.detokenize([token]), request.logprobs)
         if can_stop and token == EOS:
-            c.finish(FinishReason.EOS, None, text_cut=1)
+            c.finish(FinishReason.EOS, None, text_cut=0)
         elif can_stop and token in request.stop_token_ids:
             c.finish(FinishReason.STOP, token, text_cut=1)
         elif can_stop and (stop := next((s for s in request.stop if s in c.text), None)):

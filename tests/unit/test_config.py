@@ -1,0 +1,66 @@
+"""`llmserve serve` flags and their LLMSERVE_* environment variables."""
+
+import argparse
+
+import pytest
+
+from llmserve.cli import build_parser
+from llmserve.config import ServerConfig, env_name, with_env_arguments
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    _, parser = build_parser(with_engine_arguments=False)
+    # Stand-ins for vLLM's flags of each kind (vLLM adds the real ones at run time).
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--served-model-name", nargs="+")
+    parser.add_argument("--disable-log-stats", action="store_true")
+    return parser
+
+
+def parse(argv, environ):
+    parser = serve_parser()
+    return parser.parse_args(with_env_arguments(parser, argv, environ))
+
+
+def test_defaults_follow_tritons_port_layout():
+    config = ServerConfig.from_args(parse([], {}))
+    assert (config.port, config.metrics_port, config.host) == (8001, 8002, "0.0.0.0")
+    assert config.log_level == "INFO"
+
+
+def test_every_flag_has_an_environment_variable():
+    parser = serve_parser()
+    names = {env_name(a) for a in parser._actions} - {None}
+    assert {"LLMSERVE_PORT", "LLMSERVE_METRICS_PORT", "LLMSERVE_MAX_CONCURRENT_RPCS",
+            "LLMSERVE_SHUTDOWN_GRACE_SECONDS", "LLMSERVE_ENFORCE_EAGER",
+            "LLMSERVE_SERVED_MODEL_NAME"} <= names
+
+
+def test_environment_values_are_typed_like_flags():
+    args = parse([], {"LLMSERVE_PORT": "9001", "LLMSERVE_SHUTDOWN_GRACE_SECONDS": "2.5",
+                      "LLMSERVE_SERVED_MODEL_NAME": "a b", "LLMSERVE_ENFORCE_EAGER": "true",
+                      "LLMSERVE_DISABLE_LOG_STATS": "1"})
+    assert (args.port, args.shutdown_grace_seconds) == (9001, 2.5)
+    assert args.served_model_name == ["a", "b"]
+    assert args.enforce_eager and args.disable_log_stats
+
+
+def test_false_environment_values_turn_boolean_flags_off():
+    args = parse(["--enforce-eager"], {})
+    assert args.enforce_eager
+    parser = serve_parser()
+    parser.set_defaults(enforce_eager=True)
+    args = parser.parse_args(with_env_arguments(parser, [], {"LLMSERVE_ENFORCE_EAGER": "false"}))
+    assert not args.enforce_eager
+
+
+def test_command_line_wins_over_environment():
+    assert parse(["--port", "7000"], {"LLMSERVE_PORT": "9001"}).port == 7000
+    assert parse(["--port=7000"], {"LLMSERVE_PORT": "9001"}).port == 7000
+
+
+def test_bad_environment_values_are_reported_with_the_variable_or_flag():
+    with pytest.raises(SystemExit, match="LLMSERVE_ENFORCE_EAGER: expected true or false"):
+        parse([], {"LLMSERVE_ENFORCE_EAGER": "maybe"})
+    with pytest.raises(SystemExit):
+        parse([], {"LLMSERVE_PORT": "not-a-port"})
