@@ -1,0 +1,157 @@
+"""End to end with the real vLLM engine on a tiny random Llama (fast; text is gibberish)."""
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmserve_client import AsyncLlmClient, LlmClient, full_text
+from tests.e2e.conftest import metric_value
+
+pytestmark = pytest.mark.e2e
+RUNNING = "vllm:num_requests_running"
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+def wait_for_idle(server, timeout: float = 30) -> float:
+    """Polls (bounded) until the engine runs no request; returns the last running count."""
+    deadline = time.monotonic() + timeout
+    while (running := metric_value(server, RUNNING)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
+
+
+def test_concurrent_streams_run_as_one_batch(tiny_server):
+    peak = 0.0
+    done = threading.Event()
+
+    def watch_running():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, metric_value(tiny_server, RUNNING))
+            time.sleep(0.01)
+
+    async def stream_all():
+        async with AsyncLlmClient(tiny_server.target) as client:
+            async def one(i):
+                return [m async for m in client.stream_generate(
+                    f"Request number {i}", max_tokens=96, ignore_eos=True, temperature=0)]
+            return await asyncio.gather(*(one(i) for i in range(32)))
+
+    watcher = threading.Thread(target=watch_running)
+    watcher.start()
+    try:
+        results = asyncio.run(stream_all())
+    finally:
+        done.set()
+        watcher.join()
+    for messages in results:
+        final = messages[-1]
+        assert final.finished
+        assert final.usage.completion_tokens == 96
+        assert sum(len(m.completions[0].token_ids) for m in messages) == 96
+    assert peak == 32
+    assert wait_for_idle(tiny_server) == 0
+
+
+def test_cancelled_stream_leaves_no_running_request(tiny_server):
+    with LlmClient(tiny_server.target) as client:
+        stream = client.stream_generate("Cancel me", max_tokens=900, ignore_eos=True)
+        for _ in range(5):
+            next(stream)
+        assert metric_value(tiny_server, RUNNING) == 1
+        stream.close()
+    assert wait_for_idle(tiny_server) == 0
+
+
+def test_deadline_aborts_the_engine_request(tiny_server):
+    with LlmClient(tiny_server.target, retries=0) as client:
+        with pytest.raises(grpc.RpcError) as excinfo:
+            client.generate("Too slow", max_tokens=900, ignore_eos=True, timeout=0.5)
+    assert excinfo.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for_idle(tiny_server) == 0
+
+
+def test_greedy_decoding_is_deterministic_and_streams_match_unary(tiny_server):
+    params = {"max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    with LlmClient(tiny_server.target) as client:
+        streams = [list(client.stream_generate("The capital of France is", **params))
+                   for _ in range(2)]
+        unary = client.generate("The capital of France is", **params)
+    stream_tokens = [[t for m in s for t in m.completions[0].token_ids] for s in streams]
+    stream_texts = ["".join(m.completions[0].text for m in s) for s in streams]
+    assert stream_tokens[0] == stream_tokens[1] == list(unary.completions[0].token_ids)
+    assert len(stream_tokens[0]) == 40
+    assert stream_texts[0] == stream_texts[1] == full_text(unary)
+
+
+def test_sampling_options_reach_vllm(tiny_server):
+    with LlmClient(tiny_server.target) as client:
+        response = client.generate("Hello", n=3, max_tokens=8, temperature=1.0, seed=1,
+                                   logprobs=2, ignore_eos=True)
+        again = client.generate("Hello", n=3, max_tokens=8, temperature=1.0, seed=1,
+                                ignore_eos=True)
+    assert [c.index for c in response.completions] == [0, 1, 2]
+    assert response.usage.completion_tokens == 24
+    for completion in response.completions:
+        assert len(completion.logprobs) == 8
+        for position, token_id in zip(completion.logprobs, completion.token_ids, strict=True):
+            assert position.chosen.token_id == token_id
+            assert len(position.top) == 2
+            assert position.chosen.logprob <= 0
+    assert [list(c.token_ids) for c in response.completions] == [
+        list(c.token_ids) for c in again.completions]
+
+
+def test_stop_strings_and_chat_messages(tiny_server):
+    with LlmClient(tiny_server.target) as client:
+        free = full_text(client.generate("Hello", max_tokens=30, temperature=0,
+                                         ignore_eos=True))
+        stop = free[len(free) // 2:len(free) // 2 + 2].strip() or free[-1]
+        stopped = client.generate("Hello", max_tokens=30, temperature=0, ignore_eos=True,
+                                  stop=[stop])
+        chat = client.generate(messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                               ignore_eos=True)
+        tokens = client.tokenize("<|user|>Hi\n<|assistant|>", add_special_tokens=False)
+    completion = stopped.completions[0]
+    assert completion.finish_reason == 4  # FINISH_REASON_STOP_SEQUENCE
+    assert completion.stop_reason == stop
+    assert stop not in completion.text
+    assert free.startswith(completion.text)
+    assert chat.usage.prompt_tokens == len(tokens.token_ids)
+
+
+def test_invalid_requests_against_the_real_tokenizer(tiny_server):
+    with LlmClient(tiny_server.target, retries=0) as client:
+        metadata = client.model_metadata()
+        with pytest.raises(grpc.RpcError) as excinfo:
+            client.generate(token_ids=[metadata.vocab_size + 5])
+        assert excinfo.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as excinfo:
+            client.generate("word " * 2000, max_tokens=4)
+        assert excinfo.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "context length of 1024 tokens" in excinfo.value.details()
+    assert metadata.max_model_len == 1024
+    assert metadata.engine == "vllm"
+
+
+def test_grpcurl_against_the_real_engine(tiny_server):
+    def grpcurl(*args):
+        return subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+
+    assert "llmserve.v1.LlmService" in grpcurl(tiny_server.target, "list").split()
+    response = json.loads(grpcurl("-d", '{"text": "My name is", "max_tokens": 5, '
+                                  '"ignore_eos": true}', tiny_server.target,
+                                  "llmserve.v1.LlmService/Generate"))
+    assert len(response["completions"][0]["token_ids"]) == 5
+    streamed = grpcurl("-d", '{"text": "My name is", "max_tokens": 5, "ignore_eos": true}',
+                       tiny_server.target, "llmserve.v1.LlmService/StreamGenerate")
+    assert streamed.count('"request_id"') == 5
