@@ -230,3 +230,22 @@ def _token_type(tokenizer, token_id: int) -> int:
     if tokenizer.is_unused(token_id):
         return gguf.TokenType.UNUSED
     return gguf.TokenType.NORMAL
+
+
+def vllm_processes() -> list:
+    """This process's descendants that vLLM started (VLLM::EngineCore, VLLM::Worker ...).
+
+    Only descendants: other test sessions on the machine may run engines of their own.
+    """
+    import psutil
+
+    def started_by_vllm(process: psutil.Process) -> bool:
+        try:
+            cmdline = process.cmdline()
+            return process.name().startswith("VLLM::") or (
+                bool(cmdline) and cmdline[0].startswith("VLLM::")
+            )
+        except psutil.Error:
+            return False
+
+    return [child for child in psutil.Process().children(recursive=True) if started_by_vllm(child)]
