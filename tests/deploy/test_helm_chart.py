@@ -43,6 +43,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "podDisruptionBudget": {"enabled": True},
     },
     "http": {"probes": {"type": "http"}, "tests": {"protocol": "http"}},
+    "service-account": {"serviceAccount": {"create": True, "annotations": {"team": "ml"}}},
     "engine-options": {
         "engine": {
             "dtype": "bfloat16",
@@ -313,6 +314,12 @@ def test_unset_options_leave_the_server_defaults(render):
         assert flag not in flags
 
 
+def test_created_service_account_runs_the_pods(render):
+    rendered = render(VALUE_SETS["service-account"])
+    account = rendered.one("ServiceAccount")
+    assert rendered.server_pod()["serviceAccountName"] == account["metadata"]["name"] == FULLNAME
+
+
 def test_only_server_pods_match_the_server_selectors(render):
     """The conversion Job and the test pod must never receive the Service's traffic."""
     rendered = render(merged(VALUE_SETS["conversion"], VALUE_SETS["observability"]))
@@ -338,6 +345,7 @@ def test_pod_is_non_root_with_memory_backed_shm(render):
     pod = render({}).server_pod()
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -484,9 +492,10 @@ def test_conversion_job_runs_before_the_server_into_the_model_path(render):
     assert not model_mount.get("readOnly", False)
     script = container["args"][0]
     assert 'output="/models/llama-2-7b-hf"' in script
-    assert 'llmserve convert meta \\\n  --input-dir "/models/llama-2-7b"' in script
+    assert 'llmserve convert meta \\\n    --input-dir "/models/llama-2-7b"' in script
     assert '--model-size "7B"' in script
     assert '--output-dir "$output"' in script
+    assert script.rstrip().endswith('llmserve model check "$output"')
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert args_map(rendered.server_container()["args"])["--model"] == "/models/llama-2-7b-hf"
 
@@ -555,6 +564,10 @@ INVALID_VALUES = {
         "the helm test pod has no client certificate",
     ),
     "API key without a key": ({"apiKey": {"enabled": True}}, "apiKey.enabled needs"),
+    "GPUs requested in resources": (
+        {"resources": {"requests": {"nvidia.com/gpu": 2}}},
+        "set the GPU count with gpu.count",
+    ),
     "GPUs in resources": (
         {"resources": {"limits": {"nvidia.com/gpu": 2}}},
         "set the GPU count with gpu.count",

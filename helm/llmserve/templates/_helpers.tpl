@@ -88,7 +88,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 
 {{- /*
-Cross-field rules the schema cannot express; included by every workload template.
+Cross-field rules the schema cannot express; deployment.yaml includes this in every mode.
 */ -}}
 {{- define "llmserve.validate" -}}
 {{- if and .Values.tls.enabled (eq .Values.probes.type "grpc") }}
@@ -100,8 +100,8 @@ Cross-field rules the schema cannot express; included by every workload template
 {{- if and .Values.apiKey.enabled (not .Values.apiKey.existingSecret) (not .Values.apiKey.value) }}
 {{- fail "apiKey.enabled needs apiKey.existingSecret (a Secret holding the key) or apiKey.value" }}
 {{- end }}
-{{- if hasKey (.Values.resources.limits | default dict) .Values.gpu.resourceName }}
-{{- fail (printf "set the GPU count with gpu.count, not resources.limits.%s: it is also the tensor-parallel size" .Values.gpu.resourceName) }}
+{{- if or (hasKey (.Values.resources.limits | default dict) .Values.gpu.resourceName) (hasKey (.Values.resources.requests | default dict) .Values.gpu.resourceName) }}
+{{- fail (printf "set the GPU count with gpu.count, not resources.*.%s: it is also the tensor-parallel size" .Values.gpu.resourceName) }}
 {{- end }}
 {{- if and .Values.tests.enabled .Values.tls.clientCA }}
 {{- fail "tls.clientCA (mutual TLS) with tests.enabled: the helm test pod has no client certificate; set tests.enabled=false" }}
