@@ -17,8 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from llmserve.config import ServerConfig
 from llmserve.engine.protocol import Engine
+from llmserve.generation import ServerState
 from llmserve.metrics import MetricsEndpoint
-from llmserve.servicer import LlmServicer, ServerState
+from llmserve.servicer import LlmServicer
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve.validation import RequestLimits
@@ -53,13 +54,12 @@ class LlmServer:
     def __init__(self, config: ServerConfig, engine_factory: EngineFactory,
                  served_model_name: str):
         self.config = config
-        self.state = ServerState()
+        self.state = ServerState(served_model_name)
         self.health = health.aio.HealthServicer()
         self._engine_factory = engine_factory
         self._served_model_name = served_model_name
         self._server: grpc.aio.Server | None = None
         self.metrics = MetricsEndpoint(config.host, config.metrics_port)
-        self._servicer: LlmServicer | None = None
         self._stop_requested = asyncio.Event()
         self._engine_failed = False
         self._tasks: list[asyncio.Task] = []
@@ -77,8 +77,7 @@ class LlmServer:
             options=grpc_server_options(self.config),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        self._servicer = LlmServicer(self.state, self._served_model_name, EXTENSIONS)
-        pb_grpc.add_LlmServiceServicer_to_server(self._servicer, self._server)
+        pb_grpc.add_LlmServiceServicer_to_server(LlmServicer(self.state, EXTENSIONS), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -102,13 +101,13 @@ class LlmServer:
             self._stop_requested.set()
             return
         info = engine.model_info
-        self._servicer.set_limits(RequestLimits(
+        self.state.limits = RequestLimits(
             served_model_name=self._served_model_name,
             max_model_len=info.max_model_len,
             vocab_size=info.vocab_size,
             default_max_tokens=self.config.default_max_tokens,
             max_n=self.config.max_n,
-        ))
+        )
         self.state.engine = engine
         if self._stop_requested.is_set():
             return

@@ -2,7 +2,6 @@
 
 import asyncio
 import functools
-import itertools
 import logging
 import time
 import uuid
@@ -12,53 +11,19 @@ from dataclasses import dataclass
 import grpc
 
 from llmserve import __version__
-from llmserve.engine.protocol import Engine, GenerationOutput
-from llmserve.errors import (
-    DeadlineExceededError,
-    EngineDeadError,
-    InvalidArgumentError,
-    UnavailableError,
-    status_for,
-)
+from llmserve.engine.protocol import GenerationOutput
+from llmserve.errors import InvalidArgumentError, status_for
+from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
-from llmserve.responses import ResponseBuilder
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
-from llmserve.validation import (
-    PreparedRequest,
-    RequestLimits,
-    chat_turns,
-    check_token_ids,
-    prepare_request,
-)
+from llmserve.validation import chat_turns, check_token_ids
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("llmserve.access")
 
 SERVER_NAME = "llmserve"
 REQUEST_ID_KEY = "x-request-id"
-
-
-class ServerState:
-    """What readiness depends on: an engine that can generate and a server that is not draining."""
-
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.draining = False
-
-    @property
-    def ready(self) -> bool:
-        return self.engine is not None and not self.engine.is_dead and not self.draining
-
-    def serving_engine(self) -> Engine:
-        """The engine, if new requests may use it; UNAVAILABLE otherwise."""
-        if self.draining:
-            raise UnavailableError("the server is shutting down")
-        if self.engine is None:
-            raise UnavailableError("the model is still loading")
-        if self.engine.is_dead:
-            raise EngineDeadError()
-        return self.engine
 
 
 @dataclass(slots=True)
@@ -115,50 +80,38 @@ def rpc(method: Callable[..., Awaitable]):
 
 
 class LlmServicer(pb_grpc.LlmServiceServicer):
-    def __init__(self, state: ServerState, served_model_name: str,
-                 extensions: tuple[str, ...] = ()):
+    def __init__(self, state: ServerState, extensions: tuple[str, ...] = ()):
         self._state = state
-        self._served_model_name = served_model_name
         self._extensions = extensions
-        self._sequence = itertools.count()
-        # Known once the engine has loaded, before the state exposes it.
-        self._limits: RequestLimits | None = None
-
-    def set_limits(self, limits: RequestLimits) -> None:
-        self._limits = limits
 
     # Generation.
 
-    def _prepare(self, request: pb.GenerateRequest, call: CallRecord,
-                 stream: bool) -> tuple[Engine, PreparedRequest, ResponseBuilder]:
-        engine = self._state.serving_engine()
-        # Engine ids stay unique even when clients reuse a request id.
-        engine_request_id = f"{call.request_id}-{next(self._sequence)}"
-        prepared = prepare_request(request, engine_request_id, engine, self._limits, stream)
-        generation = prepared.generation
-        call.prompt_tokens = len(generation.prompt_token_ids)
-        builder = ResponseBuilder(call.request_id, call.prompt_tokens, generation.n,
-                                  prepared.echo_text)
-        return engine, prepared, builder
-
     @rpc
     async def Generate(self, request, context, call):
-        engine, prepared, builder = self._prepare(request, call, stream=False)
+        generation = self._state.prepare(request, call.request_id, stream=False)
+        call.prompt_tokens = generation.builder.prompt_tokens
+        builder = generation.builder
+
+        async def collect(output: GenerationOutput) -> None:
+            builder.collect(output)
+
         try:
-            time_limited = await _drive(engine, prepared, context, _sync(builder.collect))
+            time_limited = await generation.run(context.time_remaining(), collect)
         finally:
             call.completion_tokens = builder.completion_tokens
         return builder.unary_response(time_limited)
 
     @rpc
     async def StreamGenerate(self, request, context, call):
-        engine, prepared, builder = self._prepare(request, call, stream=True)
+        generation = self._state.prepare(request, call.request_id, stream=True)
+        call.prompt_tokens = generation.builder.prompt_tokens
+        builder = generation.builder
 
         async def write(output: GenerationOutput) -> None:
             await context.write(builder.stream_message(output))
 
         try:
-            if await _drive(engine, prepared, context, write):
+            if await generation.run(context.time_remaining(), write):
                 await context.write(builder.stream_time_limit_message())
         finally:
             call.completion_tokens = builder.completion_tokens
@@ -180,7 +133,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
             rendered = engine.render_chat(chat_turns(request.messages), add_generation_prompt)
             token_ids = engine.tokenize(rendered, add_special_tokens=False)
         response = pb.TokenizeResponse(token_ids=token_ids,
-                                       max_model_len=self._limits.max_model_len)
+                                       max_model_len=self._state.limits.max_model_len)
         if request.return_tokens:
             response.tokens.extend(engine.token_strings(token_ids))
         return response
@@ -188,7 +141,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     @rpc
     async def Detokenize(self, request, context, call):
         engine = self._state.serving_engine()
-        token_ids = check_token_ids(request.token_ids, "token_ids", self._limits.vocab_size)
+        token_ids = check_token_ids(request.token_ids, "token_ids", self._state.limits.vocab_size)
         skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
         return pb.DetokenizeResponse(text=engine.detokenize(token_ids, skip))
 
@@ -202,10 +155,10 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
     @rpc
     async def ModelMetadata(self, request, context, call):
         engine = self._state.serving_engine()
-        if request.name not in ("", self._served_model_name):
+        if not self._state.knows_model(request.name):
             raise InvalidArgumentError(
                 "name", f"unknown model {request.name!r}; this server serves "
-                f"{self._served_model_name!r}")
+                f"{self._state.served_model_name!r}")
         info = engine.model_info
         response = pb.ModelMetadataResponse(
             name=info.name, path=info.path, engine=info.engine,
@@ -228,45 +181,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
     @rpc
     async def ModelReady(self, request, context, call):
-        known = request.name in ("", self._served_model_name)
-        return pb.ModelReadyResponse(ready=known and self._state.ready)
+        return pb.ModelReadyResponse(ready=self._state.knows_model(request.name)
+                                     and self._state.ready)
 
 
-def _sync(collect: Callable[[GenerationOutput], None]):
-    async def on_output(output: GenerationOutput) -> None:
-        collect(output)
-
-    return on_output
-
-
-async def _drive(engine: Engine, prepared: PreparedRequest, context: grpc.aio.ServicerContext,
-                 on_output: Callable[[GenerationOutput], Awaitable[None]]) -> bool:
-    """Runs a request in the engine, handing each output to `on_output`.
-
-    Returns True when `time_limit_ms` stopped it. The engine request is aborted whenever it ends
-    early: deadline, time limit, client cancellation or any error.
-    """
-    generation = prepared.generation
-    loop = asyncio.get_running_loop()
-    now = loop.time()
-    remaining = context.time_remaining()
-    deadline = now + remaining if remaining is not None else None
-    time_limit_at = now + prepared.time_limit if prepared.time_limit is not None else None
-    stop_at = min((t for t in (deadline, time_limit_at) if t is not None), default=None)
-
-    outputs = engine.generate(generation)
-    finished = False
-    try:
-        async with asyncio.timeout_at(stop_at):
-            async for output in outputs:
-                finished = output.finished
-                await on_output(output)
-        return False
-    except TimeoutError:
-        if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
-            return True
-        raise DeadlineExceededError("deadline exceeded; the request was aborted") from None
-    finally:
-        if not finished:
-            await engine.abort(generation.request_id)
-        await outputs.aclose()

@@ -10,7 +10,8 @@ import grpc_testing
 import pytest
 
 from llmserve.engine.fake import FakeEngine
-from llmserve.servicer import LlmServicer, ServerState
+from llmserve.generation import ServerState
+from llmserve.servicer import LlmServicer
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.validation import RequestLimits
 
@@ -64,12 +65,12 @@ def sync_servicer(servicer: LlmServicer):
 class ServicerHarness:
     def __init__(self, engine: FakeEngine):
         self.engine = engine
-        self.state = ServerState()
-        self.state.engine = engine
-        self.servicer = LlmServicer(self.state, MODEL_NAME, ("health",))
-        self.servicer.set_limits(RequestLimits(
+        self.state = ServerState(MODEL_NAME)
+        self.state.limits = RequestLimits(
             served_model_name=MODEL_NAME, max_model_len=engine.model_info.max_model_len,
-            vocab_size=engine.model_info.vocab_size, default_max_tokens=16))
+            vocab_size=engine.model_info.vocab_size, default_max_tokens=16)
+        self.state.engine = engine
+        self.servicer = LlmServicer(self.state, ("health",))
         self.server = grpc_testing.server_from_dictionary(
             {SERVICE: sync_servicer(self.servicer)}, grpc_testing.strict_real_time())
 

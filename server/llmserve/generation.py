@@ -1,0 +1,119 @@
+"""Running generation requests, whatever the protocol (gRPC or HTTP) they came in by.
+
+Readiness, admission control, validation and the engine loop with its deadline, time limit and
+abort-on-exit live here once; the frontends only translate messages and map errors.
+"""
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+
+from llmserve.engine.protocol import Engine, GenerationOutput
+from llmserve.errors import (
+    DeadlineExceededError,
+    EngineDeadError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from llmserve.responses import ResponseBuilder
+from llmserve.v1 import llmserve_pb2 as pb
+from llmserve.validation import PreparedRequest, RequestLimits, prepare_request
+
+OutputHandler = Callable[[GenerationOutput], Awaitable[None]]
+
+
+class ServerState:
+    """What readiness depends on: an engine that can generate and a server that is not draining."""
+
+    def __init__(self, served_model_name: str, max_queued_requests: int | None = None) -> None:
+        self.served_model_name = served_model_name
+        self.max_queued_requests = max_queued_requests
+        self.engine: Engine | None = None
+        # Known once the engine has loaded, before `engine` is set.
+        self.limits: RequestLimits | None = None
+        self.draining = False
+        # Generation requests admitted and not finished (running or waiting in the engine).
+        self.active_requests = 0
+        self._sequence = itertools.count()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and not self.engine.is_dead and not self.draining
+
+    def serving_engine(self) -> Engine:
+        """The engine, if new requests may use it; UNAVAILABLE otherwise."""
+        if self.draining:
+            raise UnavailableError("the server is shutting down")
+        if self.engine is None:
+            raise UnavailableError("the model is still loading")
+        if self.engine.is_dead:
+            raise EngineDeadError()
+        return self.engine
+
+    def knows_model(self, name: str) -> bool:
+        return name in ("", self.served_model_name)
+
+    def prepare(self, request: pb.GenerateRequest, request_id: str,
+                stream: bool) -> "Generation":
+        """Validates a request and builds its generation (not yet admitted)."""
+        engine = self.serving_engine()
+        # Engine ids stay unique even when clients reuse a request id.
+        engine_request_id = f"{request_id}-{next(self._sequence)}"
+        prepared = prepare_request(request, engine_request_id, engine, self.limits, stream)
+        return Generation(self, engine, prepared, request_id)
+
+
+class Generation:
+    """One validated request: run it once, read its responses from `builder`."""
+
+    def __init__(self, state: ServerState, engine: Engine, prepared: PreparedRequest,
+                 request_id: str):
+        self.state = state
+        self.engine = engine
+        self.prepared = prepared
+        generation = prepared.generation
+        self.builder = ResponseBuilder(request_id, len(generation.prompt_token_ids),
+                                       generation.n, prepared.echo_text)
+
+    async def run(self, timeout: float | None, on_output: OutputHandler) -> bool:
+        """Runs the request in the engine, handing each output to `on_output`.
+
+        `timeout` is the caller's deadline in seconds from now. Returns True when
+        `time_limit_ms` stopped the request. Admission is checked first; the engine request is
+        aborted whenever it ends early: deadline, time limit, cancellation or any error.
+        """
+        state = self.state
+        limit = state.max_queued_requests
+        if limit is not None and state.active_requests >= limit:
+            raise ResourceExhaustedError(
+                f"the server is at its limit of {limit} queued requests; retry later")
+        state.active_requests += 1
+        try:
+            return await self._run(timeout, on_output)
+        finally:
+            state.active_requests -= 1
+
+    async def _run(self, timeout: float | None, on_output: OutputHandler) -> bool:
+        generation = self.prepared.generation
+        now = asyncio.get_running_loop().time()
+        deadline = now + timeout if timeout is not None else None
+        time_limit = self.prepared.time_limit
+        time_limit_at = now + time_limit if time_limit is not None else None
+        stop_at = min((t for t in (deadline, time_limit_at) if t is not None), default=None)
+
+        outputs = self.engine.generate(generation)
+        finished = False
+        try:
+            async with asyncio.timeout_at(stop_at):
+                async for output in outputs:
+                    finished = output.finished
+                    await on_output(output)
+            return False
+        except TimeoutError:
+            if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
+                return True
+            raise DeadlineExceededError("deadline exceeded; the request was aborted") from None
+        finally:
+            if not finished:
+                await self.engine.abort(generation.request_id)
+            await outputs.aclose()
