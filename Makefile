@@ -22,7 +22,7 @@ help:
 	@echo "make run        serve the embedded default model on gRPC $(HOST):$(PORT)"
 	@echo "make test       run the test suite (unit, in-process, end-to-end with vLLM)"
 	@echo "make test-slow  run the long soak/benchmark-like tests too"
-	@echo "make lint       ruff, buf lint, hadolint, yamllint and helm lint"
+	@echo "make lint       ruff, buf lint, hadolint, yamllint (helm lint runs in make test)"
 	@echo "make model      prepare the default model (SmolLM2-135M-Instruct)"
 	@echo "make proto      regenerate the protobuf/gRPC modules from proto/"
 
@@ -60,6 +60,8 @@ test-slow: proto
 lint: proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/buf lint proto
+	$(VENV)/bin/hadolint docker/Dockerfile.cuda docker/Dockerfile.cpu
+	$(VENV)/bin/yamllint --strict -c helm/yamllint.yaml helm/llmserve/values.yaml helm/llmserve/Chart.yaml
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -15,6 +15,7 @@ from llmserve.config import (
     with_env_arguments,
 )
 from llmserve.logs import configure_logging
+from llmserve.models import commands as model_commands
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def build_parser(with_engine_arguments: bool) -> tuple[argparse.ArgumentParser,
     if with_engine_arguments:
         add_engine_arguments(serve_parser)
     serve_parser.set_defaults(func=serve)
+    model_commands.register(commands)
     return parser, serve_parser
 
 

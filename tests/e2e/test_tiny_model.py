@@ -72,9 +72,9 @@ def test_cancelled_stream_leaves_no_running_request(tiny_server):
 
 
 def test_deadline_aborts_the_engine_request(tiny_server):
-    with LlmClient(tiny_server.target, retries=0) as client:
-        with pytest.raises(grpc.RpcError) as excinfo:
-            client.generate("Too slow", max_tokens=900, ignore_eos=True, timeout=0.5)
+    with LlmClient(tiny_server.target, retries=0) as client, pytest.raises(
+            grpc.RpcError) as excinfo:
+        client.generate("Too slow", max_tokens=900, ignore_eos=True, timeout=0.5)
     assert excinfo.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert wait_for_idle(tiny_server) == 0
 
