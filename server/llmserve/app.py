@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llmserve.auth import ApiKeyInterceptor, ApiKeys, load_api_keys, server_credentials
 from llmserve.config import ServerConfig
 from llmserve.engine.protocol import Engine
 from llmserve.generation import ServerState
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlmService"].full_name
 EXTENSIONS = ("health", "reflection", "metrics")
 ENGINE_WATCH_INTERVAL_SECONDS = 1.0
+# After the engine died, in-flight calls only need time to send their UNAVAILABLE.
+ENGINE_FAILED_GRACE_SECONDS = 1.0
 
 EngineFactory = Callable[[], Awaitable[Engine]]
 
@@ -54,7 +57,7 @@ class LlmServer:
     def __init__(self, config: ServerConfig, engine_factory: EngineFactory,
                  served_model_name: str):
         self.config = config
-        self.state = ServerState(served_model_name)
+        self.state = ServerState(served_model_name, config.max_queued_requests)
         self.health = health.aio.HealthServicer()
         self._engine_factory = engine_factory
         self._served_model_name = served_model_name
@@ -73,21 +76,31 @@ class LlmServer:
 
     async def start(self) -> int:
         """Opens the gRPC port and starts loading the engine; returns the bound port."""
+        config = self.config
+        api_keys = load_api_keys(config.api_key, config.api_key_file)
+        interceptors = [ApiKeyInterceptor(ApiKeys(api_keys))] if api_keys else []
         self._server = grpc.aio.server(
-            options=grpc_server_options(self.config),
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+            options=grpc_server_options(config),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            interceptors=interceptors,
         )
         pb_grpc.add_LlmServiceServicer_to_server(LlmServicer(self.state, EXTENSIONS), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        address = f"{self.config.host}:{self.config.port}"
-        self.port = self._server.add_insecure_port(address)
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         await self._set_serving(False)
         await self._server.start()
-        logger.info("gRPC server listening on %s (port %d)", address, self.port)
-        if self.config.metrics_port:
+        logger.info("gRPC server listening on %s (port %d, %s%s)", address, self.port,
+                    "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert
+                    else "plaintext", ", API key required" if api_keys else "")
+        if config.metrics_port:
             self.metrics.start()
         self._tasks.append(asyncio.create_task(self._load_engine(), name="load-engine"))
         return self.port
@@ -143,7 +156,8 @@ class LlmServer:
         """Drains and stops, in the fixed order: health, gRPC drain, engine."""
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
-        grace = 0 if self._engine_failed else self.config.shutdown_grace_seconds
+        grace = (ENGINE_FAILED_GRACE_SECONDS if self._engine_failed
+                 else self.config.shutdown_grace_seconds)
         logger.info("draining: in-flight requests have %.0f s to finish", grace)
         await self._server.stop(grace)
         for task in self._tasks:

@@ -11,6 +11,7 @@ from llmserve.config import (
     ServerConfig,
     add_engine_arguments,
     add_server_arguments,
+    check_server_arguments,
     resolve_model,
     with_env_arguments,
 )
@@ -25,9 +26,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from llmserve.app import LlmServer
     from llmserve.engine.vllm_engine import VllmEngine
+    from llmserve.reaper import start_reaper
 
     config = ServerConfig.from_args(args)
     configure_logging(config.log_level, config.log_format)
+    start_reaper()
     resolve_model(args)
     engine_args = AsyncEngineArgs.from_cli_args(args)
     served_model_name = args.served_model_name[0]
@@ -71,4 +74,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if serving:
         argv = ["serve", *with_env_arguments(serve_parser, argv[1:])]
     args = parser.parse_args(argv)
+    if serving:
+        check_server_arguments(serve_parser, args)
     sys.exit(args.func(args))

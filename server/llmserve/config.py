@@ -31,6 +31,12 @@ class ServerConfig:
     default_max_tokens: int
     max_n: int
     shutdown_grace_seconds: float
+    max_queued_requests: int | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
+    api_key: list[str]
+    api_key_file: Path | None
     log_level: str
     log_format: str
 
@@ -39,6 +45,20 @@ class ServerConfig:
         # --log-level is vLLM's flag (absent from args unless given).
         values = {name: getattr(args, name) for name in cls.__slots__ if name != "log_level"}
         return cls(log_level=getattr(args, "log_level", "info").upper(), **values)
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rules between flags, reported like argparse's own errors."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for flag in ("tls_cert", "tls_key", "tls_client_ca", "api_key_file"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag.replace('_', '-')}: no such file: {path}")
+    if args.max_queued_requests is not None and args.max_queued_requests < 1:
+        parser.error("--max-queued-requests must be >= 1")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +83,21 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                        help="On SIGTERM, how long in-flight requests may run before they are "
                             "aborted (default %(default)s).")
+    group.add_argument("--max-queued-requests", type=int, default=None,
+                       help="Most generation requests held at once (running + waiting in the "
+                            "engine); more are refused at once with RESOURCE_EXHAUSTED "
+                            "(default: unlimited).")
+    group.add_argument("--tls-cert", type=Path, help="Server certificate (PEM) to serve gRPC over "
+                                                     "TLS; needs --tls-key.")
+    group.add_argument("--tls-key", type=Path, help="Private key (PEM) of --tls-cert.")
+    group.add_argument("--tls-client-ca", type=Path,
+                       help="CA (PEM) that signs client certificates: enables mutual TLS, "
+                            "clients without a valid certificate are refused.")
+    group.add_argument("--api-key", action="append", default=[],
+                       help="Require 'authorization: Bearer <key>' on every RPC but health "
+                            "checks (repeatable).")
+    group.add_argument("--api-key-file", type=Path,
+                       help="File with accepted API keys, one per line.")
     group.add_argument("--log-format", default="text", choices=["text", "json"],
                        help="`json` writes one JSON object per line (default text).")
 

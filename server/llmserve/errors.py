@@ -26,6 +26,13 @@ class ResourceExhaustedError(LlmServeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class AdmissionRejectedError(ResourceExhaustedError):
+    """The server already holds --max-queued-requests requests."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the server is at its limit of {limit} queued requests; retry later")
+
+
 class UnavailableError(LlmServeError):
     code = grpc.StatusCode.UNAVAILABLE
 

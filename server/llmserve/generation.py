@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from llmserve.engine.protocol import Engine, GenerationOutput
 from llmserve.errors import (
+    AdmissionRejectedError,
     DeadlineExceededError,
     EngineDeadError,
-    ResourceExhaustedError,
     UnavailableError,
 )
 from llmserve.responses import ResponseBuilder
@@ -85,8 +85,7 @@ class Generation:
         state = self.state
         limit = state.max_queued_requests
         if limit is not None and state.active_requests >= limit:
-            raise ResourceExhaustedError(
-                f"the server is at its limit of {limit} queued requests; retry later")
+            raise AdmissionRejectedError(limit)
         state.active_requests += 1
         try:
             return await self._run(timeout, on_output)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from llmserve import __version__
+from llmserve import __version__, metrics
 from llmserve.engine.protocol import GenerationOutput
-from llmserve.errors import InvalidArgumentError, status_for
+from llmserve.errors import AdmissionRejectedError, InvalidArgumentError, status_for
 from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
@@ -45,33 +45,52 @@ def _request_id(request, context: grpc.aio.ServicerContext) -> str:
 
 
 def rpc(method: Callable[..., Awaitable]):
-    """Wraps an RPC: request id, the one exception → status mapping, and the access log."""
+    """Wraps an RPC: request id, the one exception → status mapping, metrics and access log."""
     name = method.__name__
+    in_flight = metrics.IN_FLIGHT.labels(name)
+    duration = metrics.REQUEST_DURATION.labels(name)
+    request_size = metrics.REQUEST_SIZE.labels(name)
+    response_size = metrics.RESPONSE_SIZE.labels(name)
 
     @functools.wraps(method)
     async def handler(self: "LlmServicer", request, context: grpc.aio.ServicerContext):
         call = CallRecord(method=name, request_id=_request_id(request, context))
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+        request_size.observe(request.ByteSize())
         start = time.monotonic()
+        in_flight.inc()
         try:
-            return await method(self, request, context, call)
+            response = await method(self, request, context, call)
+            if response is not None:
+                response_size.observe(response.ByteSize())
+            return response
         except asyncio.CancelledError:
             remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            call.code = (grpc.StatusCode.DEADLINE_EXCEEDED if expired
-                         else grpc.StatusCode.CANCELLED)
+            if remaining is not None and remaining <= 0:
+                call.code = grpc.StatusCode.DEADLINE_EXCEEDED
+            else:
+                call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
+            if isinstance(exc, AdmissionRejectedError):
+                metrics.ADMISSION_REJECTIONS.inc()
             call.code, message = status_for(exc, call.request_id)
             await context.abort(call.code, message)
         finally:
+            elapsed = time.monotonic() - start
+            in_flight.dec()
+            duration.observe(elapsed)
+            metrics.REQUESTS.labels(name, call.code.name).inc()
+            if call.code is grpc.StatusCode.CANCELLED:
+                metrics.CANCELLATIONS.labels(name).inc()
+            elif call.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                metrics.DEADLINE_EXPIRIES.labels(name).inc()
             access_logger.info(
-                "%s %s %.1fms prompt_tokens=%d completion_tokens=%d",
-                name, call.code.name, (time.monotonic() - start) * 1000,
-                call.prompt_tokens, call.completion_tokens,
+                "%s %s %.1fms prompt_tokens=%d completion_tokens=%d", name, call.code.name,
+                elapsed * 1000, call.prompt_tokens, call.completion_tokens,
                 extra={"rpc": name, "code": call.code.name,
-                       "duration_ms": round((time.monotonic() - start) * 1000, 3),
+                       "duration_ms": round(elapsed * 1000, 3),
                        "prompt_tokens": call.prompt_tokens,
                        "completion_tokens": call.completion_tokens},
             )
@@ -109,6 +128,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
         async def write(output: GenerationOutput) -> None:
             await context.write(builder.stream_message(output))
+            metrics.STREAM_MESSAGES.inc()
 
         try:
             if await generation.run(context.time_remaining(), write):
