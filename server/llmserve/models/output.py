@@ -41,10 +41,13 @@ def atomic_output_dir(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        # mkdtemp makes it private (0700); the model directory gets the usual permissions, so a
-        # server running as another user (a Kubernetes pod reading a volume) can read it.
-        staging.chmod(0o777 & ~_current_umask())
+        # mkdtemp makes it private (0700), and safetensors writes its files 0600: the model
+        # gets the usual permissions instead, so a server running as another user (a Kubernetes
+        # pod reading a volume) can read it.
+        umask = _current_umask()
+        staging.chmod(0o777 & ~umask)
         yield staging
+        _make_readable(staging, umask)
         if output_dir.exists():
             # Moved aside, not deleted first: the old directory stays whole until the new one is in.
             replaced = staging.with_name(staging.name + ".replaced")
@@ -56,6 +59,11 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _make_readable(directory: Path, umask: int) -> None:
+    for path in directory.rglob("*"):
+        path.chmod(path.stat().st_mode | (0o444 & ~umask))
 
 
 def _current_umask() -> int:
