@@ -1,7 +1,9 @@
 """`llmserve convert meta`: the real converter on a tiny checkpoint, and every refusal."""
 
 import json
+import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -11,6 +13,14 @@ from safetensors.torch import load_file
 from llmserve.models import meta
 
 
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("umask_022")
 def test_converts_a_meta_checkpoint_into_a_hugging_face_directory(
     llmserve, checkpoint_copy, tmp_path, private_tmp
 ):
@@ -41,6 +51,9 @@ def test_converts_a_meta_checkpoint_into_a_hugging_face_directory(
     assert (config["num_key_value_heads"], config["max_position_embeddings"]) == (2, 4096)
     weights = load_file(output_dir / "model.safetensors")
     assert weights["model.layers.0.self_attn.k_proj.weight"].shape == (128, 256)
+    # Readable by a server running as another user (safetensors alone writes 0600).
+    assert stat.S_IMODE(output_dir.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in output_dir.iterdir()} == {0o644}
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input", "llama-hf", "system-tmp"]
     assert list(private_tmp.iterdir()) == []
 
@@ -85,7 +98,8 @@ def failing_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("consolidated.00.pth", "7B", "no consolidated.NN.pth weights in"),
         ("", "13B", "--model-size 13B means 2 shard(s) (consolidated.00.pth to "
          "consolidated.01.pth) but"),
-        ("", "70B", "sizes with 1 shard(s): 7B, 7Bf, 8B, 8Bf"),
+        ("", "70B", "--model-size 70B means 8 shard(s) (consolidated.00.pth to "
+         "consolidated.07.pth) but"),
     ],
 )  # fmt: skip
 def test_refuses_a_bad_checkpoint_and_writes_nothing(
@@ -100,10 +114,18 @@ def test_refuses_a_bad_checkpoint_and_writes_nothing(
     )  # fmt: skip
 
     assert result.exit_code == 1
-    assert "llmserve convert meta: error: " in result.stderr
-    assert message in result.stderr
+    assert f"llmserve convert meta: error: {message}" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["input", "system-tmp"]
     assert list(private_tmp.iterdir()) == []
+
+
+def test_a_wrong_size_names_the_sizes_that_fit(llmserve, checkpoint_copy, tmp_path):
+    result = llmserve(
+        "convert", "meta", "--input-dir", checkpoint_copy(), "--model-size", "13B",
+        "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+
+    assert result.stderr.rstrip().endswith("has 1; sizes with 1 shard(s): 7B, 7Bf, 8B, 8Bf")
 
 
 def test_refuses_a_size_that_contradicts_params_json(llmserve, checkpoint_copy, tmp_path):

@@ -106,7 +106,8 @@ def _report_errors(command: str, convert) -> int:
     try:
         output_dir = convert()
     except (ConversionError, OutputDirError, OSError) as error:
-        print(f"llmserve {command}: error: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"llmserve {command}: error: {line}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Check it with: llmserve model check {output_dir}", file=sys.stderr)
     return EXIT_OK

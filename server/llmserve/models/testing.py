@@ -10,14 +10,11 @@ changes.
 """
 
 import json
-import logging
 from pathlib import Path
 
 from llmserve.models.default import cache_root
 from llmserve.models.meta import convert_meta
 from llmserve.models.output import atomic_output_dir, exclusive_lock
-
-logger = logging.getLogger(__name__)
 
 TINY_MODEL_VERSION = "tiny-meta-llama-v1"
 # Shapes vLLM's CPU attention accepts (head_dim 64); the converter derives the FFN size from dim
@@ -242,10 +239,9 @@ def vllm_processes() -> list:
     def started_by_vllm(process: psutil.Process) -> bool:
         try:
             cmdline = process.cmdline()
-            return process.name().startswith("VLLM::") or (
-                bool(cmdline) and cmdline[0].startswith("VLLM::")
-            )
+            name = process.name()
         except psutil.Error:
             return False
+        return name.startswith("VLLM::") or (bool(cmdline) and cmdline[0].startswith("VLLM::"))
 
     return [child for child in psutil.Process().children(recursive=True) if started_by_vllm(child)]
