@@ -7,13 +7,10 @@ parameter count and dtype and reveal truncated files.
 import collections
 import importlib.util
 import json
-import logging
 import math
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 # Used only when vLLM is not installed (a machine that prepares models but does not serve them).
 KNOWN_ARCHITECTURES = frozenset(
