@@ -19,6 +19,7 @@ from llmserve.auth import ApiKeyInterceptor, ApiKeys, load_api_keys, server_cred
 from llmserve.config import ServerConfig
 from llmserve.engine.protocol import Engine
 from llmserve.generation import ServerState
+from llmserve.http_api import HttpServer
 from llmserve.metrics import MetricsEndpoint
 from llmserve.servicer import LlmServicer
 from llmserve.v1 import llmserve_pb2 as pb
@@ -62,6 +63,7 @@ class LlmServer:
         self._engine_factory = engine_factory
         self._served_model_name = served_model_name
         self._server: grpc.aio.Server | None = None
+        self.http: HttpServer | None = None
         self.metrics = MetricsEndpoint(config.host, config.metrics_port)
         self._stop_requested = asyncio.Event()
         self._engine_failed = False
@@ -100,6 +102,9 @@ class LlmServer:
         logger.info("gRPC server listening on %s (port %d, %s%s)", address, self.port,
                     "mutual TLS" if config.tls_client_ca else "TLS" if config.tls_cert
                     else "plaintext", ", API key required" if api_keys else "")
+        if config.http_port:
+            self.http = HttpServer(self.state, config, ApiKeys(api_keys) if api_keys else None)
+            self.http.start()
         if config.metrics_port:
             self.metrics.start()
         self._tasks.append(asyncio.create_task(self._load_engine(), name="load-engine"))
@@ -153,13 +158,16 @@ class LlmServer:
         self._stop_requested.set()
 
     async def stop(self) -> None:
-        """Drains and stops, in the fixed order: health, gRPC drain, engine."""
+        """Drains and stops, in the fixed order: health, gRPC and HTTP drain, engine."""
         self.state.draining = True
         await self.health.enter_graceful_shutdown()
         grace = (ENGINE_FAILED_GRACE_SECONDS if self._engine_failed
                  else self.config.shutdown_grace_seconds)
         logger.info("draining: in-flight requests have %.0f s to finish", grace)
-        await self._server.stop(grace)
+        draining = [self._server.stop(grace)]
+        if self.http is not None:
+            draining.append(self.http.stop(grace))
+        await asyncio.gather(*draining)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

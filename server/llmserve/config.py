@@ -15,6 +15,7 @@ ENV_PREFIX = "LLMSERVE_"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
+DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -25,6 +26,7 @@ CPU_KV_CACHE_BYTES = 2 * 1024**3
 class ServerConfig:
     host: str
     port: int
+    http_port: int
     metrics_port: int
     max_concurrent_rpcs: int | None
     max_message_bytes: int
@@ -67,6 +69,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Address to bind (default 0.0.0.0; [::] for IPv6).")
     group.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT,
                        help="gRPC port (default %(default)s, as Triton).")
+    group.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                       help="HTTP port: POST /generate (vLLM demo api_server format) and "
+                            "/v2/health/* (default %(default)s, as Triton; 0 disables).")
     group.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                        help="Prometheus metrics port, GET /metrics (default %(default)s, as "
                             "Triton; 0 disables).")

@@ -1,5 +1,6 @@
 """Real `llmserve serve` processes with the real vLLM engine, started once and stopped cleanly."""
 
+import time
 import urllib.request
 
 import pytest
@@ -8,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.e2e
+RUNNING = "vllm:num_requests_running"
 
 
 def metric_value(server: ServerProcess, name: str) -> float:
@@ -17,6 +19,14 @@ def metric_value(server: ServerProcess, name: str) -> float:
         text = response.read().decode()
     return sum(sample.value for family in text_string_to_metric_families(text)
                for sample in family.samples if sample.name == name)
+
+
+def wait_for_idle(server: ServerProcess, timeout: float = 30) -> float:
+    """Polls (bounded) until the engine runs no request; returns the last running count."""
+    deadline = time.monotonic() + timeout
+    while (running := metric_value(server, RUNNING)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running
 
 
 def stopped_cleanly(server: ServerProcess) -> None:

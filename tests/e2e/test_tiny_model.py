@@ -13,19 +13,10 @@ import grpc
 import pytest
 
 from llmserve_client import AsyncLlmClient, LlmClient, full_text
-from tests.e2e.conftest import metric_value
+from tests.e2e.conftest import RUNNING, metric_value, wait_for_idle
 
 pytestmark = pytest.mark.e2e
-RUNNING = "vllm:num_requests_running"
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-
-
-def wait_for_idle(server, timeout: float = 30) -> float:
-    """Polls (bounded) until the engine runs no request; returns the last running count."""
-    deadline = time.monotonic() + timeout
-    while (running := metric_value(server, RUNNING)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return running
 
 
 def test_concurrent_streams_run_as_one_batch(tiny_server):

@@ -49,10 +49,12 @@ class ServerProcess:
     def __init__(self, model: Path | None, *extra_args: str, env: dict | None = None,
                  log_path: Path | None = None):
         self.port = free_port()
+        self.http_port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "llmserve", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+                "--port", str(self.port), "--http-port", str(self.http_port),
+                "--metrics-port", str(self.metrics_port)]
         if model is not None:
             args += ["--model", str(model)]
         self.args = [*args, *extra_args]
