@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 
+from llmserve import metrics
 from llmserve.engine.protocol import Engine, GenerationOutput
 from llmserve.errors import (
     AdmissionRejectedError,
@@ -85,6 +86,7 @@ class Generation:
         state = self.state
         limit = state.max_queued_requests
         if limit is not None and state.active_requests >= limit:
+            metrics.ADMISSION_REJECTIONS.inc()
             raise AdmissionRejectedError(limit)
         state.active_requests += 1
         try:

@@ -200,8 +200,15 @@ class _Call:
         self.status = HTTP_STATUS.get(self.code, 500)
         return {"error": message, "request_id": self.request_id}
 
+    def __post_init__(self) -> None:
+        metrics.IN_FLIGHT.labels(self.name).inc()
+
     def log(self) -> None:
-        duration_ms = (time.monotonic() - self.start) * 1000
+        """Ends the call: metrics and the access log line."""
+        seconds = time.monotonic() - self.start
+        duration_ms = seconds * 1000
+        metrics.IN_FLIGHT.labels(self.name).dec()
+        metrics.record_call(self.name, self.code.name, seconds)
         access_logger.info(
             "%s %d %s %.1fms prompt_tokens=%d completion_tokens=%d", self.name, self.status,
             self.code.name, duration_ms, self.prompt_tokens, self.completion_tokens,

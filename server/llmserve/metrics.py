@@ -36,6 +36,16 @@ AUTH_FAILURES = Counter("llmserve_auth_failures", "Requests refused for a missin
                         "key.")
 
 
+def record_call(rpc: str, code: str, seconds: float) -> None:
+    """Counts a finished call of either frontend (gRPC method name, or http_* route)."""
+    REQUESTS.labels(rpc, code).inc()
+    REQUEST_DURATION.labels(rpc).observe(seconds)
+    if code == "CANCELLED":
+        CANCELLATIONS.labels(rpc).inc()
+    elif code == "DEADLINE_EXCEEDED":
+        DEADLINE_EXPIRIES.labels(rpc).inc()
+
+
 class MetricsEndpoint:
     def __init__(self, host: str, port: int):
         self._host, self._port = host.strip("[]"), port

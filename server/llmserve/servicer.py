@@ -12,7 +12,7 @@ import grpc
 
 from llmserve import __version__, metrics
 from llmserve.engine.protocol import GenerationOutput
-from llmserve.errors import AdmissionRejectedError, InvalidArgumentError, status_for
+from llmserve.errors import InvalidArgumentError, status_for
 from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
@@ -48,7 +48,6 @@ def rpc(method: Callable[..., Awaitable]):
     """Wraps an RPC: request id, the one exception → status mapping, metrics and access log."""
     name = method.__name__
     in_flight = metrics.IN_FLIGHT.labels(name)
-    duration = metrics.REQUEST_DURATION.labels(name)
     request_size = metrics.REQUEST_SIZE.labels(name)
     response_size = metrics.RESPONSE_SIZE.labels(name)
 
@@ -73,19 +72,12 @@ def rpc(method: Callable[..., Awaitable]):
                 call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            if isinstance(exc, AdmissionRejectedError):
-                metrics.ADMISSION_REJECTIONS.inc()
             call.code, message = status_for(exc, call.request_id)
             await context.abort(call.code, message)
         finally:
             elapsed = time.monotonic() - start
             in_flight.dec()
-            duration.observe(elapsed)
-            metrics.REQUESTS.labels(name, call.code.name).inc()
-            if call.code is grpc.StatusCode.CANCELLED:
-                metrics.CANCELLATIONS.labels(name).inc()
-            elif call.code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                metrics.DEADLINE_EXPIRIES.labels(name).inc()
+            metrics.record_call(name, call.code.name, elapsed)
             access_logger.info(
                 "%s %s %.1fms prompt_tokens=%d completion_tokens=%d", name, call.code.name,
                 elapsed * 1000, call.prompt_tokens, call.completion_tokens,

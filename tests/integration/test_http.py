@@ -7,6 +7,7 @@ import threading
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from llmserve.engine.fake import FakeEngine
 from llmserve_client import LlmClient, full_text
@@ -303,3 +304,15 @@ def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path):
             assert client.get("/v2/health/ready").status_code == 200
     finally:
         stop_cleanly(server)
+
+
+def test_http_requests_are_counted_like_grpc_ones(client):
+    def count(code: str) -> float:
+        return REGISTRY.get_sample_value("llmserve_requests_total",
+                                         {"rpc": "http_generate", "code": code}) or 0.0
+
+    ok_before, bad_before = count("OK"), count("INVALID_ARGUMENT")
+    assert client.post("/generate", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+    assert client.post("/generate", json={"prompt": "Hi", "top_p": 5}).status_code == 400
+    assert (count("OK") - ok_before, count("INVALID_ARGUMENT") - bad_before) == (1, 1)
+    assert REGISTRY.get_sample_value("llmserve_requests_in_flight", {"rpc": "http_generate"}) == 0
