@@ -12,16 +12,19 @@ HOST ?= 127.0.0.1
 PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 STAMPS := .stamps
 PROTO_FILES := $(shell find proto -name '*.proto')
 GENERATED := server/llmserve/v1/llmserve_pb2.py
 
-.PHONY: install proto model run test test-slow lint format clean help
+.PHONY: install proto model run test test-slow bench bench-quick lint format clean help
 
 help:
 	@echo "make run        serve the embedded default model on gRPC $(HOST):$(PORT)"
 	@echo "make test       run the test suite (unit, in-process, end-to-end with vLLM)"
 	@echo "make test-slow  run the long soak/benchmark-like tests too"
+	@echo "make bench      benchmark llmserve against vLLM in-process and vllm serve (BENCHMARKS.md)"
+	@echo "make bench-quick  a short, noisy version of make bench"
 	@echo "make lint       ruff, buf lint, hadolint, yamllint (helm lint runs in make test)"
 	@echo "make model      prepare the default model (SmolLM2-135M-Instruct)"
 	@echo "make proto      regenerate the protobuf/gRPC modules from proto/"
@@ -56,6 +59,18 @@ test: proto
 
 test-slow: proto
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+# Writes BENCHMARKS.md, docs/bench.png and docs/bench.json; logs in bench-results/.
+bench: proto model $(STAMPS)/bench-$(EXTRA)
+	$(VENV)/bin/llmserve-bench suite $(BENCH_ARGS)
+
+bench-quick: proto model $(STAMPS)/bench-$(EXTRA)
+	$(VENV)/bin/llmserve-bench suite --quick $(BENCH_ARGS)
+
+$(STAMPS)/bench-$(EXTRA): $(STAMPS)/install-$(EXTRA)
+	$(PY) -m pip install $(PIP_ARGS) -e '.[$(EXTRA),dev,bench]'
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	@touch $@
 
 lint: proto
 	$(VENV)/bin/ruff check .
