@@ -2,10 +2,8 @@
 generation through the server equals transformers' own generate, token for token."""
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmserve.models.testing import tiny_meta_llama
+from llmserve.models.testing import tiny_meta_llama, transformers_greedy
 from llmserve_client import LlmClient
 from tests.e2e.conftest import stopped_cleanly
 from tests.support.processes import ServerProcess
@@ -29,19 +27,8 @@ def converted_server(converted_model, tmp_path_factory):
     stopped_cleanly(server)
 
 
-def transformers_greedy(model_dir) -> list[tuple[list[int], list[int]]]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    results = []
-    for prompt in PROMPTS:
-        prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        output = model.generate(prompt_ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        results.append((prompt_ids[0].tolist(), output[0, prompt_ids.shape[1]:].tolist()))
-    return results
-
-
 def test_server_generates_what_transformers_generates(converted_model, converted_server):
-    expected = transformers_greedy(converted_model)
+    expected = transformers_greedy(converted_model, PROMPTS, MAX_NEW_TOKENS)
     with LlmClient(converted_server.target) as client:
         for prompt, (prompt_ids, continuation) in zip(PROMPTS, expected, strict=True):
             assert list(client.tokenize(prompt).token_ids) == prompt_ids

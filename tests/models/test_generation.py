@@ -3,37 +3,27 @@ tokens greedily, token for token."""
 
 import psutil
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmserve.models.testing import vllm_processes
+from llmserve.models.testing import transformers_greedy, vllm_processes
 
 PROMPTS = ("The quick brown fox", "Serving a model means", "Hello world! How are you")
 MAX_NEW_TOKENS = 32
 
 
 @pytest.fixture(scope="module")
-def transformers_greedy(tiny_model) -> list[tuple[list[int], list[int]]]:
-    """(prompt token ids, greedy continuation) for each prompt, from transformers' generate."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    results = []
-    for prompt in PROMPTS:
-        prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        output = model.generate(prompt_ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        results.append((prompt_ids[0].tolist(), output[0, prompt_ids.shape[1] :].tolist()))
-    return results
+def greedy_reference(tiny_model) -> list[tuple[list[int], list[int]]]:
+    return transformers_greedy(tiny_model, PROMPTS, MAX_NEW_TOKENS)
 
 
-def test_transformers_generates_from_the_converted_model(transformers_greedy):
-    for prompt_ids, continuation in transformers_greedy:
+def test_transformers_generates_from_the_converted_model(greedy_reference):
+    for prompt_ids, continuation in greedy_reference:
         assert prompt_ids[0] == 1  # <s>, added as Llama 2 does
         assert 0 < len(continuation) <= MAX_NEW_TOKENS
         assert all(0 <= token < 400 for token in continuation)
 
 
 def test_vllm_generates_the_same_tokens_as_transformers(
-    tiny_model, transformers_greedy, monkeypatch
+    tiny_model, greedy_reference, monkeypatch
 ):
     from vllm import LLM, SamplingParams
 
@@ -53,6 +43,6 @@ def test_vllm_generates_the_same_tokens_as_transformers(
     _, still_running = psutil.wait_procs(engine_processes, timeout=60)
     assert still_running == []
     assert vllm_processes() == []
-    for output, (prompt_ids, continuation) in zip(outputs, transformers_greedy, strict=True):
+    for output, (prompt_ids, continuation) in zip(outputs, greedy_reference, strict=True):
         assert output.prompt_token_ids == prompt_ids
         assert list(output.outputs[0].token_ids) == continuation

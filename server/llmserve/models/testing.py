@@ -245,3 +245,19 @@ def vllm_processes() -> list:
         return name.startswith("VLLM::") or (bool(cmdline) and cmdline[0].startswith("VLLM::"))
 
     return [child for child in psutil.Process().children(recursive=True) if started_by_vllm(child)]
+
+
+def transformers_greedy(model_dir: Path, prompts, max_new_tokens: int) -> list[
+        tuple[list[int], list[int]]]:
+    """(prompt token ids, greedy continuation) per prompt, from transformers' own generate."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    results = []
+    for prompt in prompts:
+        prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        output = model.generate(prompt_ids, max_new_tokens=max_new_tokens, do_sample=False)
+        results.append((prompt_ids[0].tolist(), output[0, prompt_ids.shape[1]:].tolist()))
+    return results
