@@ -12,8 +12,13 @@ from llmserve_client._common import DEFAULT_TARGET, TlsConfig
 from llmserve_client.client import LlmClient
 
 
+def _json(message) -> str:
+    # Field names as in the proto (and grpcurl's output).
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+
+
 def _print_json(message) -> None:
-    print(json_format.MessageToJson(message, indent=None), flush=True)
+    print(_json(message), flush=True)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -49,8 +54,7 @@ def generate(client: LlmClient, args: argparse.Namespace) -> int:
         if message.finished:
             print()
             if args.verbose:
-                print(json_format.MessageToJson(message.usage, indent=None),
-                      json_format.MessageToJson(message.timings, indent=None), file=sys.stderr)
+                print(_json(message.usage), _json(message.timings), file=sys.stderr)
     return 0
 
 

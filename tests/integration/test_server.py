@@ -193,4 +193,4 @@ def test_client_cli_streams_and_prints_json(server, capsys):
         client_main(["--target", server.target, "generate", "Hi", "--json", "--max-tokens", "3"])
     response = json.loads(capsys.readouterr().out)
     assert response["completions"][0]["text"] == "The"
-    assert response["usage"] == {"promptTokens": 3, "completionTokens": 3}
+    assert response["usage"] == {"prompt_tokens": 3, "completion_tokens": 3}
