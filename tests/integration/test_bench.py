@@ -1,0 +1,114 @@
+"""llmserve-bench's load generator against the in-process fake-engine server: counts only."""
+
+import asyncio
+import json
+import os
+
+import pytest
+
+from llmserve.engine.fake import FakeEngine
+from llmserve_client.bench.cli import main as bench_main
+from llmserve_client.bench.loadgen import LoadSpec, run_levels
+from llmserve_client.bench.prompts import output_lengths, prompt_set
+from llmserve_client.bench.report import write_report
+from llmserve_client.bench.targets import open_target
+from tests.integration.conftest import ThreadedServer
+
+OUTPUT_LEN = 8
+
+
+@pytest.fixture
+def bench_server():
+    # Room for the bundled prompts: the fake tokenizer makes one token per byte.
+    threaded = ThreadedServer(FakeEngine(max_model_len=2048)).start()
+    yield threaded
+    threaded.stop()
+
+
+def run(url: str, specs: list[LoadSpec], **kwargs) -> list[dict]:
+    async def main() -> list[dict]:
+        target = await open_target(url)
+        try:
+            return await run_levels(target, specs, **kwargs)
+        finally:
+            await target.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "grpc+unary"])
+def test_fixed_concurrency_counts_every_request_and_token(bench_server, scheme):
+    prompts = prompt_set(8)
+    specs = [LoadSpec(prompts, [OUTPUT_LEN] * 6, concurrency=1),
+             LoadSpec(prompts, [OUTPUT_LEN] * 10, concurrency=4)]
+
+    results = run(f"{scheme}://{bench_server.target}", specs, warmup=1)
+
+    assert [r["concurrency"] for r in results] == [1, 4]
+    for result, spec in zip(results, specs, strict=True):
+        count = len(spec.output_lens)
+        assert result["requests"] == result["completed"] == count
+        assert result["errors"] == 0
+        assert result["output_tokens"] == result["expected_output_tokens"] == count * OUTPUT_LEN
+        if scheme == "grpc":  # one token per message from the fake engine
+            assert result["messages"] == count * OUTPUT_LEN
+            assert result["ttft_ms"]["p50"] > 0
+        else:
+            assert result["ttft_ms"] is None
+
+
+def test_poisson_rate_with_sampled_lengths(bench_server):
+    lengths = output_lengths(12, OUTPUT_LEN, (2, 12), seed=3)
+    spec = LoadSpec(prompt_set(4), lengths, concurrency=3, rate=200.0, seed=3)
+
+    (result,) = run(f"grpc://{bench_server.target}", [spec], warmup=0)
+
+    assert result["completed"] == 12 and result["errors"] == 0
+    assert result["output_tokens"] == sum(lengths)
+    assert len(set(lengths)) > 1
+
+
+def test_errors_are_counted_not_raised(bench_server):
+    # More tokens than the fake model's context: every request is INVALID_ARGUMENT.
+    spec = LoadSpec(["x" * 100], [4000] * 3, concurrency=2)
+
+    (result,) = run(f"grpc://{bench_server.target}", [spec], warmup=0)
+
+    assert result["completed"] == 0 and result["errors"] == 3
+    assert result["error_examples"][0].startswith("INVALID_ARGUMENT")
+
+
+def test_cli_json_and_report(bench_server, tmp_path, capsys):
+    out = tmp_path / "run.json"
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["run", f"grpc://{bench_server.target}", "--concurrency", "2",
+                    "--num-requests", "4", "--output-len", "3", "--no-progress",
+                    "--server-pid", str(os.getpid()), "--json", str(out)])
+    assert exit_info.value.code == 0
+    (level,) = json.loads(out.read_text())
+    assert level["completed"] == 4 and level["output_tokens"] == 12
+    assert level["server_cpu_s"] >= 0
+
+    results = {
+        "meta": {"quick": True, "started": "now", "command": "llmserve-bench run",
+                 "git_commit": None, "cpu_model": "cpu", "cpus": 2, "threads_per_core": "1",
+                 "cpu_flags": [], "memory_gib": 1.0, "kernel": "k", "python": "3",
+                 "versions": {}, "load_average_start": (0, 0, 0), "output_len": 3},
+        "runs": [{"model": "frontend", "target": "fake", "levels": [level], "error": None},
+                 {"model": "frontend", "target": "echo", "levels": [], "error": "boom"}],
+        "profile": None,
+    }
+    write_report(results, tmp_path / "BENCHMARKS.md", None)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "Quick run" in text and "| C=2 |" in text and "failed" in text
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="the bench extra draws the plot")
+    from llmserve_client.bench.report import plot_results
+
+    level = {"concurrency": 1, "output_tokens_per_s": 10.0, "ttft_ms": {"p50": 5.0}}
+    plot_results({"meta": {"quick": False},
+                  "runs": [{"model": "tiny", "target": "inprocess", "levels": [level]}]},
+                 tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").stat().st_size > 0
