@@ -92,7 +92,7 @@ class ServerProcess:
         raise TimeoutError(f"server not serving after {STARTUP_TIMEOUT_SECONDS}s: "
                            f"{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 150) -> str:
         if self.log_path and self.log_path.exists():
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
