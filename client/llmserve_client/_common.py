@@ -72,7 +72,9 @@ def call_metadata(api_key: str | None,
     metadata = []
     if api_key:
         metadata.append(("authorization", f"Bearer {api_key}"))
-    if request_id:
+    # Metadata must be printable ASCII; the server refuses other ids (INVALID_ARGUMENT) from the
+    # request's field, where gRPC cannot fail the call on the client first.
+    if request_id and request_id.isascii() and request_id.isprintable():
         metadata.append(("x-request-id", request_id))
     return tuple(metadata)
 

@@ -17,7 +17,7 @@ from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
-from llmserve.validation import chat_turns, check_token_ids
+from llmserve.validation import chat_turns, check_request_id, check_token_ids, valid_request_id
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("llmserve.access")
@@ -37,11 +37,12 @@ class CallRecord:
     code: grpc.StatusCode = grpc.StatusCode.OK
 
 
-def _request_id(request, context: grpc.aio.ServicerContext) -> str:
+def _given_request_id(request, context: grpc.aio.ServicerContext) -> str:
+    """The client's request id: the request's field, else x-request-id metadata, else ""."""
     request_id = getattr(request, "request_id", "")
     if not request_id:
         request_id = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
-    return request_id or uuid.uuid4().hex
+    return request_id
 
 
 def rpc(method: Callable[..., Awaitable]):
@@ -53,13 +54,17 @@ def rpc(method: Callable[..., Awaitable]):
 
     @functools.wraps(method)
     async def handler(self: "LlmServicer", request, context: grpc.aio.ServicerContext):
-        call = CallRecord(method=name, request_id=_request_id(request, context))
+        given_id = _given_request_id(request, context)
+        # An id that cannot be echoed is refused below; the call gets one of ours meanwhile.
+        call = CallRecord(method=name, request_id=given_id if given_id and valid_request_id(
+            given_id) else uuid.uuid4().hex)
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         request_size.observe(request.ByteSize())
         start = time.monotonic()
         in_flight.inc()
         try:
+            check_request_id(given_id)
             response = await method(self, request, context, call)
             if response is not None:
                 response_size.observe(response.ByteSize())

@@ -13,6 +13,8 @@ from llmserve.v1 import llmserve_pb2 as pb
 
 MAX_SEED = 2**63 - 1
 MAX_STOP_SEQUENCES = 32
+# Request ids go back to the client in x-request-id metadata and headers: printable ASCII only.
+MAX_REQUEST_ID_LENGTH = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,17 @@ def chat_turns(messages) -> list[ChatTurn]:
     for i, message in enumerate(messages):
         _require(bool(message.role), f"messages[{i}].role", "must not be empty")
     return [ChatTurn(role=m.role, content=m.content) for m in messages]
+
+
+def valid_request_id(request_id: str) -> bool:
+    return (len(request_id) <= MAX_REQUEST_ID_LENGTH and request_id.isascii()
+            and request_id.isprintable())
+
+
+def check_request_id(request_id: str) -> str:
+    _require(valid_request_id(request_id), "request_id",
+             f"at most {MAX_REQUEST_ID_LENGTH} printable ASCII characters")
+    return request_id
 
 
 def check_token_ids(token_ids, field: str, vocab_size: int) -> list[int]:
