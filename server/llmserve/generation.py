@@ -105,10 +105,16 @@ class Generation:
         outputs = self.engine.generate(generation)
         finished = False
         try:
-            async with asyncio.timeout_at(stop_at):
+            async with asyncio.timeout_at(stop_at) as timer:
                 async for output in outputs:
                     finished = output.finished
+                    # The deadline and time limit stop generation between outputs, never inside
+                    # `on_output`: a gRPC write cut short leaves its send pending, and the next
+                    # write (the TIME_LIMIT message) failed with TOO_MANY_OPERATIONS. gRPC ends
+                    # a call whose deadline passes during a write by itself.
+                    timer.reschedule(None)
                     await on_output(output)
+                    timer.reschedule(stop_at)
             return False
         except TimeoutError:
             if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
