@@ -20,7 +20,7 @@ from llmserve.config import ServerConfig
 from llmserve.engine.protocol import Engine
 from llmserve.generation import ServerState
 from llmserve.http_api import HttpServer
-from llmserve.metrics import MetricsEndpoint
+from llmserve.metrics import MetricsEndpoint, count_asyncio_tasks
 from llmserve.servicer import LlmServicer
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
@@ -106,6 +106,7 @@ class LlmServer:
             self.http = HttpServer(self.state, config, ApiKeys(api_keys) if api_keys else None)
             self.http.start()
         if config.metrics_port:
+            count_asyncio_tasks(asyncio.get_running_loop())
             self.metrics.start()
         self._tasks.append(asyncio.create_task(self._load_engine(), name="load-engine"))
         return self.port

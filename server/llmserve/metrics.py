@@ -5,6 +5,7 @@ where vLLM's AsyncLLM also records its `vllm:*` series (running/waiting requests
 TTFT, inter-token latency, tokens, ...). Labels are bounded: RPC names and status codes only.
 """
 
+import asyncio
 import logging
 from wsgiref.simple_server import WSGIServer
 
@@ -34,6 +35,16 @@ DEADLINE_EXPIRIES = Counter("llmserve_deadline_expiries", "Requests whose deadli
                             "engine request was aborted), by RPC.", ["rpc"])
 AUTH_FAILURES = Counter("llmserve_auth_failures", "Requests refused for a missing or wrong API "
                         "key.")
+ASYNCIO_TASKS = Gauge("llmserve_asyncio_tasks", "asyncio tasks alive on the server's event loop "
+                      "(calls, streams, engine loops); back to its idle value when idle, else "
+                      "something leaks.")
+
+
+def count_asyncio_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Makes llmserve_asyncio_tasks count `loop`'s tasks, lazily at each scrape."""
+    # all_tasks() copies the loop's task set (retrying if it changes meanwhile): safe from the
+    # metrics endpoint's thread.
+    ASYNCIO_TASKS.set_function(lambda: len(asyncio.all_tasks(loop)))
 
 
 def record_call(rpc: str, code: str, seconds: float) -> None:
