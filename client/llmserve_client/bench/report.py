@@ -128,6 +128,76 @@ def _group_section(group: str, runs: dict[str, dict], concurrency: list[int]) ->
     return lines
 
 
+def _value(groups: dict, group: str, target: str, c: int, field: str, pct: str | None = None):
+    run = groups.get(group, {}).get(target)
+    level = _levels(run).get(c) if run and not run["error"] else None
+    if level is None:
+        return None
+    value = level.get(field)
+    return _pct(value, pct) if pct else value
+
+
+def _messages_per_s(groups: dict, target: str, c: int) -> float | None:
+    messages = _value(groups, "frontend", target, c, "messages")
+    duration = _value(groups, "frontend", target, c, "duration_s")
+    return messages / duration if messages and duration else None
+
+
+def _check(label: str, pairs: list[tuple[str, float | None, float | None]],
+           passes: Callable[[float, float], bool], fmt: Callable[[float, float], str]) -> list[str]:
+    """One goal: PASS/FAIL/not measured, with the measured values per (context, a, b)."""
+    measured = [(context, a, b) for context, a, b in pairs if a is not None and b is not None]
+    if not measured:
+        return [f"- not measured: {label}"]
+    ok = all(passes(a, b) for _, a, b in measured)
+    details = ", ".join(f"{context} {fmt(a, b)}" for context, a, b in measured)
+    return [f"- {'PASS' if ok else 'FAIL'}: {label} ({details})"]
+
+
+def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
+    """Issue 6's targets, checked against this run's numbers."""
+    stream, ratio = "llmserve-stream", (lambda a, b: f"{a / b:.2f}×")
+    lines = ["## Goals (issue 6), checked against this run", ""]
+    models = [m for m in ("smollm2", "tiny") if m in groups]
+    lines += _check(
+        "llmserve StreamGenerate tokens/s above `vllm serve` at every C, both models",
+        [(f"{m} C={c}", _value(groups, m, stream, c, "output_tokens_per_s"),
+          _value(groups, m, PEER, c, "output_tokens_per_s")) for m in models for c in concurrency],
+        lambda a, b: a > b, ratio)
+    lines += _check(
+        "llmserve StreamGenerate TTFT p50 below `vllm serve` at every C, both models",
+        [(f"{m} C={c}", _value(groups, m, stream, c, "ttft_ms", "p50"),
+          _value(groups, m, PEER, c, "ttft_ms", "p50")) for m in models for c in concurrency],
+        lambda a, b: a < b, ratio)
+    lines += _check(
+        "llmserve frontend CPU per token ≤ 0.7× `vllm serve`'s",
+        [(f"{m} C={c}", _value(groups, m, stream, c, "server_cpu_ms_per_token"),
+          _value(groups, m, PEER, c, "server_cpu_ms_per_token"))
+         for m in models for c in concurrency],
+        lambda a, b: a <= 0.7 * b, ratio)
+    for model, goal in (("smollm2", 0.95), ("tiny", 0.9)):
+        lines += _check(
+            f"llmserve StreamGenerate ≥ {goal}× in-process tokens/s at C=64 on {model}",
+            [("C=64", _value(groups, model, stream, 64, "output_tokens_per_s"),
+              _value(groups, model, LIMIT, 64, "output_tokens_per_s"))],
+            lambda a, b, goal=goal: a >= goal * b, ratio)
+    lines += _check(
+        "llmserve StreamGenerate TTFT p50 at most 3 ms over in-process at C=1",
+        [(m, _value(groups, m, stream, 1, "ttft_ms", "p50"),
+          _value(groups, m, LIMIT, 1, "ttft_ms", "p50")) for m in models],
+        lambda a, b: a - b <= 3, lambda a, b: f"{a - b:+.1f} ms")
+    lines += _check(
+        "frontend only: llmserve + fake engine ≥ 0.8× the echo server's messages/s",
+        [(f"C={c}", _messages_per_s(groups, "fake", c), _messages_per_s(groups, ECHO, c))
+         for c in concurrency], lambda a, b: a >= 0.8 * b, ratio)
+    best = max((_value(groups, "frontend", "fake", c, "output_tokens_per_s") or 0
+                for c in concurrency), default=0)
+    lines += _check("frontend only: ≥ 50,000 tokens/s (with coalescing)",
+                    [("best", best or None, 50_000.0)], lambda a, b: a >= b,
+                    lambda a, b: f"{a:,.0f} tok/s")
+    return [*lines, ""]
+
+
 def _profile_section(profile: dict) -> list[str]:
     level = profile["level"]
     lines = [
@@ -166,10 +236,15 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
     if meta["quick"]:
         lines += ["> **Quick run** (`make bench-quick`): few requests per level, noisy. "
                   "`make bench` gives the full numbers.", ""]
+    busiest = max(meta["load_average_start"][0], meta.get("load_average_end", (0,))[0])
+    if busiest >= 1.0:
+        lines += [f"> **Noisy**: other processes shared this machine during the run (1-minute "
+                  f"load average up to {busiest:.1f} on {meta['cpus']} CPUs); compare targets "
+                  "within one run, and rerun on an idle machine for absolute numbers.", ""]
     lines += [
         f"Measured {meta['started']} (commit {meta['git_commit'] or 'unknown'}) by "
         f"`{meta['command']}`; reproduce with `make bench` (`make bench-quick` for a short "
-        "run). Raw results: `docs/bench.json`.",
+        f"run). Raw results: `{meta.get('results_json', 'docs/bench.json')}`.",
         "",
         "Every target ran on this machine one after another, with the same prompts, output "
         "lengths and engine settings (vLLM float32, eager mode, 2 GiB KV cache, greedy "
@@ -206,6 +281,7 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
     if plot is not None:
         relative = os.path.relpath(plot, markdown_path.parent)
         lines += [f"![Output tokens/s and TTFT p50 against concurrency]({relative})", ""]
+    lines += _goals_section(groups, concurrency)
     for group in ("smollm2", "tiny", "frontend"):
         if group in groups:
             lines += _group_section(group, groups[group], concurrency)
@@ -230,18 +306,22 @@ def plot_results(results: dict, path: Path) -> None:
         for key, run in groups[group].items():
             levels = sorted(run["levels"], key=lambda level: level["concurrency"])
             xs = [level["concurrency"] for level in levels]
-            row[0].plot(xs, [level["output_tokens_per_s"] for level in levels], marker="o",
-                        label=TARGET_LABELS.get(key, key).replace("`", ""))
+            style = {"marker": "o", "label": TARGET_LABELS.get(key, key).replace("`", ""),
+                     "color": f"C{list(TARGET_LABELS).index(key) % 10}"
+                     if key in TARGET_LABELS else None}
+            row[0].plot(xs, [level["output_tokens_per_s"] for level in levels], **style)
             ttft = [(level["concurrency"], level["ttft_ms"]["p50"]) for level in levels
                     if level["ttft_ms"]]
             if ttft:
-                row[1].plot(*zip(*ttft, strict=True), marker="o",
-                            label=TARGET_LABELS.get(key, key).replace("`", ""))
+                row[1].plot(*zip(*ttft, strict=True), **style)
         title = GROUP_TITLES.get(group, group)
         row[0].set(title=f"{title}\noutput tokens/s", xscale="log", xlabel="concurrency")
         row[1].set(title=f"{title}\nTTFT p50 (ms)", xscale="log", yscale="log",
                    xlabel="concurrency")
+        ticks = sorted({level["concurrency"] for run in groups[group].values()
+                        for level in run["levels"]})
         for axis in row:
+            axis.set_xticks(ticks, [str(t) for t in ticks])
             axis.grid(True, which="both", alpha=0.3)
             axis.legend(fontsize=7)
     if results["meta"]["quick"]:

@@ -47,8 +47,8 @@ MODEL_LABELS = {
 }
 # Requests per run: max(minimum, per_concurrency × C), per group, for full and --quick runs.
 BUDGETS = {
-    False: {"smollm2": (8, 2), "tiny": (32, 4), "frontend": (64, 4)},
-    True: {"smollm2": (4, 1), "tiny": (8, 2), "frontend": (16, 2)},
+    False: {"smollm2": (8, 1), "tiny": (32, 4), "frontend": (256, 8)},
+    True: {"smollm2": (4, 1), "tiny": (8, 2), "frontend": (64, 4)},
 }
 PROFILE_CONCURRENCY = 64
 PROFILE_REQUESTS = 512
@@ -190,6 +190,7 @@ class Suite:
     def run(self) -> dict:
         meta = machine_info(self.quick)
         meta["output_len"] = self.args.output_len
+        meta["results_json"] = str(self.args.json)
         for key in self.args.models:
             self.run_model(key)
         if self.args.frontend_only:
