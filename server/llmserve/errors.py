@@ -48,6 +48,12 @@ class DeadlineExceededError(LlmServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class ClientGoneError(LlmServeError):
+    """The client cancelled or disconnected; nothing more reaches it."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class UnauthenticatedError(LlmServeError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

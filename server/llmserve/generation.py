@@ -111,7 +111,7 @@ class Generation:
                     # The deadline and time limit stop generation between outputs, never inside
                     # `on_output`: a gRPC write cut short leaves its send pending, and the next
                     # write (the TIME_LIMIT message) failed with TOO_MANY_OPERATIONS. gRPC ends
-                    # a call whose deadline passes during a write by itself.
+                    # a call whose deadline passes during a write by itself (the write fails).
                     timer.reschedule(None)
                     await on_output(output)
                     timer.reschedule(stop_at)

@@ -12,7 +12,13 @@ import grpc
 
 from llmserve import __version__, metrics
 from llmserve.engine.protocol import GenerationOutput
-from llmserve.errors import InvalidArgumentError, status_for
+from llmserve.errors import (
+    ClientGoneError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    LlmServeError,
+    status_for,
+)
 from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
@@ -43,6 +49,14 @@ def _given_request_id(request, context: grpc.aio.ServicerContext) -> str:
     if not request_id:
         request_id = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
     return request_id
+
+
+def _call_ended(context: grpc.aio.ServicerContext) -> LlmServeError:
+    """Why a write failed: the call had already ended (deadline passed, or the client left)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return DeadlineExceededError("deadline exceeded; the request was aborted")
+    return ClientGoneError("the client cancelled the call")
 
 
 def rpc(method: Callable[..., Awaitable]):
@@ -124,7 +138,13 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
         builder = generation.builder
 
         async def write(output: GenerationOutput) -> None:
-            await context.write(builder.stream_message(output))
+            try:
+                await context.write(builder.stream_message(output))
+            except grpc.aio.InternalError as exc:
+                # A write blocked by a client that stopped reading fails (instead of being
+                # cancelled) once the deadline passes or the client cancels.
+                logger.info("stream write failed, the call has ended: %s", exc)
+                raise _call_ended(context) from None
             metrics.STREAM_MESSAGES.inc()
 
         try:
