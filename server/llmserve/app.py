@@ -33,6 +33,9 @@ EXTENSIONS = ("health", "reflection", "metrics")
 ENGINE_WATCH_INTERVAL_SECONDS = 1.0
 # After the engine died, in-flight calls only need time to send their UNAVAILABLE.
 ENGINE_FAILED_GRACE_SECONDS = 1.0
+# Requests still running when the grace period ends are stopped with UNAVAILABLE ("shutting
+# down"); they get this long to send it before gRPC and uvicorn cancel what is left.
+CUT_OFF_SECONDS = 1.0
 
 EngineFactory = Callable[[], Awaitable[Engine]]
 
@@ -165,10 +168,12 @@ class LlmServer:
         grace = (ENGINE_FAILED_GRACE_SECONDS if self._engine_failed
                  else self.config.shutdown_grace_seconds)
         logger.info("draining: in-flight requests have %.0f s to finish", grace)
-        draining = [self._server.stop(grace)]
+        cut_off = asyncio.get_running_loop().call_later(grace, self.state.cut_off)
+        draining = [self._server.stop(grace + CUT_OFF_SECONDS)]
         if self.http is not None:
-            draining.append(self.http.stop(grace))
+            draining.append(self.http.stop(grace + CUT_OFF_SECONDS))
         await asyncio.gather(*draining)
+        cut_off.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -35,6 +35,7 @@ class ServerState:
         self.draining = False
         # Generation requests admitted and not finished (running or waiting in the engine).
         self.active_requests = 0
+        self.running: set[Generation] = set()
         self._sequence = itertools.count()
 
     @property
@@ -53,6 +54,11 @@ class ServerState:
 
     def knows_model(self, name: str) -> bool:
         return name in ("", self.served_model_name)
+
+    def cut_off(self) -> None:
+        """Ends every running generation with UNAVAILABLE: the drain period is over."""
+        for generation in list(self.running):
+            generation.cut_off()
 
     def prepare(self, request: pb.GenerateRequest, request_id: str,
                 stream: bool) -> "Generation":
@@ -75,6 +81,18 @@ class Generation:
         generation = prepared.generation
         self.builder = ResponseBuilder(request_id, len(generation.prompt_token_ids),
                                        generation.n, prepared.echo_text)
+        # When generation stops (deadline, time limit, cut-off) and the timer enforcing it.
+        self._stop_at: float | None = None
+        self._timer: asyncio.Timeout | None = None
+        self._handing_over = False
+        self._cut_off = False
+
+    def cut_off(self) -> None:
+        """Stops the request at its next output with UNAVAILABLE (the server is stopping)."""
+        self._cut_off = True
+        self._stop_at = asyncio.get_running_loop().time()
+        if self._timer is not None and not self._handing_over:
+            self._timer.reschedule(self._stop_at)
 
     async def run(self, timeout: float | None, on_output: OutputHandler) -> bool:
         """Runs the request in the engine, handing each output to `on_output`.
@@ -89,9 +107,11 @@ class Generation:
             metrics.ADMISSION_REJECTIONS.inc()
             raise AdmissionRejectedError(limit)
         state.active_requests += 1
+        state.running.add(self)
         try:
             return await self._run(timeout, on_output)
         finally:
+            state.running.discard(self)
             state.active_requests -= 1
 
     async def _run(self, timeout: float | None, on_output: OutputHandler) -> bool:
@@ -100,23 +120,29 @@ class Generation:
         deadline = now + timeout if timeout is not None else None
         time_limit = self.prepared.time_limit
         time_limit_at = now + time_limit if time_limit is not None else None
-        stop_at = min((t for t in (deadline, time_limit_at) if t is not None), default=None)
+        self._stop_at = min((t for t in (deadline, time_limit_at) if t is not None),
+                            default=None)
 
         outputs = self.engine.generate(generation)
         finished = False
         try:
-            async with asyncio.timeout_at(stop_at) as timer:
+            async with asyncio.timeout_at(self._stop_at) as self._timer:
                 async for output in outputs:
                     finished = output.finished
                     # The deadline and time limit stop generation between outputs, never inside
                     # `on_output`: a gRPC write cut short leaves its send pending, and the next
                     # write (the TIME_LIMIT message) failed with TOO_MANY_OPERATIONS. gRPC ends
                     # a call whose deadline passes during a write by itself (the write fails).
-                    timer.reschedule(None)
+                    self._handing_over = True
+                    self._timer.reschedule(None)
                     await on_output(output)
-                    timer.reschedule(stop_at)
+                    self._handing_over = False
+                    self._timer.reschedule(self._stop_at)
             return False
         except TimeoutError:
+            if self._cut_off:
+                raise UnavailableError("the server is shutting down: the request did not finish "
+                                       "within the drain period") from None
             if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
                 return True
             raise DeadlineExceededError("deadline exceeded; the request was aborted") from None
