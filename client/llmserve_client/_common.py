@@ -11,11 +11,19 @@ from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 
 SERVICE = "llmserve.v1.LlmService"
-# Unary methods are retried on UNAVAILABLE; streams never are (they may have produced output).
+# Unary methods are retried (RETRYABLE_CODES); streams never are (they may have produced output).
 UNARY_METHODS = ("Generate", "Tokenize", "Detokenize", "ServerMetadata", "ModelMetadata",
                  "ServerLive", "ServerReady", "ModelReady")
 DEFAULT_TARGET = "127.0.0.1:8001"
 MAX_ATTEMPTS_LIMIT = 5  # gRPC caps retry attempts at 5
+# Retried on: UNAVAILABLE (server draining, engine loading or dead, connection refused or lost)
+# and CANCELLED, which a stopping server's gRPC core sends to calls that arrived as it stopped,
+# before any handler ran. A call the application cancels itself is never retried.
+RETRYABLE_CODES = ["UNAVAILABLE", "CANCELLED"]
+# The channel's reconnect backoff matches the retry backoff: with gRPC's default (1 s, then
+# growing), a retry after a refused connection fails at once while the channel waits, so a
+# server restarted within the retry window was never reached.
+RECONNECT_BACKOFF_MS = {"initial": 200, "min": 200, "max": 2000}
 # Default of per-call `timeout` arguments: use the client's default deadline.
 UNSET = object()
 
@@ -48,6 +56,7 @@ def channel_options(retries: int, max_message_bytes: int,
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1 if retries else 0),
+        *((f"grpc.{kind}_reconnect_backoff_ms", ms) for kind, ms in RECONNECT_BACKOFF_MS.items()),
     ]
     if retries:
         retry_policy = {
@@ -55,7 +64,7 @@ def channel_options(retries: int, max_message_bytes: int,
             "initialBackoff": "0.2s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": RETRYABLE_CODES,
         }
         config = {"methodConfig": [{
             "name": [{"service": SERVICE, "method": m} for m in UNARY_METHODS],

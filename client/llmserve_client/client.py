@@ -9,7 +9,8 @@ from llmserve_client._common import UNSET, ChatMessages, ClientBase, build_reque
 class LlmClient(ClientBase):
     """A connection to an llmserve server.
 
-    Unary calls are retried on UNAVAILABLE (`retries` times, with backoff); streams are not.
+    Unary calls are retried on UNAVAILABLE, and on CANCELLED from a server that is stopping
+    (`retries` times, with backoff); streams are not.
     `timeout` is the default deadline of every call in seconds (None: no deadline).
     """
 
