@@ -13,6 +13,7 @@ from llmserve.v1 import llmserve_pb2 as pb
 
 MAX_SEED = 2**63 - 1
 MAX_STOP_SEQUENCES = 32
+MAX_STREAM_INTERVAL = 4096
 # Request ids go back to the client in x-request-id metadata and headers: printable ASCII only.
 MAX_REQUEST_ID_LENGTH = 128
 
@@ -140,6 +141,9 @@ def prepare_request(
     logprobs = _optional(request, "logprobs", None)
     _require(logprobs is None or logprobs <= limits.max_logprobs, "logprobs",
              f"must be <= {limits.max_logprobs}")
+    stream_interval = _optional(request, "stream_interval", None)
+    _require(stream_interval is None or 1 <= stream_interval <= MAX_STREAM_INTERVAL,
+             "stream_interval", f"must be in [1, {MAX_STREAM_INTERVAL}]")
     prompt_logprobs = _optional(request, "prompt_logprobs", None)
     _require(prompt_logprobs is None or prompt_logprobs <= limits.max_logprobs,
              "prompt_logprobs", f"must be <= {limits.max_logprobs}")
@@ -187,6 +191,7 @@ def prepare_request(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         skip_special_tokens=_optional(request, "skip_special_tokens", True),
+        stream_interval=stream_interval,
     )
     time_limit = request.time_limit_ms / 1000 if request.time_limit_ms else None
     return PreparedRequest(generation=generation, echo_text=echo_text, time_limit=time_limit)

@@ -83,6 +83,17 @@ def test_greedy_decoding_is_deterministic_and_streams_match_unary(tiny_server):
     assert stream_texts[0] == stream_texts[1] == full_text(unary)
 
 
+def test_stream_interval_coalesces_tokens_into_fewer_messages(tiny_server):
+    params = {"max_tokens": 32, "temperature": 0, "ignore_eos": True}
+    with LlmClient(tiny_server.target) as client:
+        messages = list(client.stream_generate("Fewer messages", stream_interval=8, **params))
+        unary = client.generate("Fewer messages", **params)
+    sizes = [len(m.completions[0].token_ids) for m in messages if m.completions]
+    # vLLM sends the first token at once, then every 8 tokens, then the rest at the end.
+    assert sizes == [1, 8, 8, 8, 7]
+    assert "".join(m.completions[0].text for m in messages) == full_text(unary)
+
+
 def test_sampling_options_reach_vllm(tiny_server):
     with LlmClient(tiny_server.target) as client:
         response = client.generate("Hello", n=3, max_tokens=8, temperature=1.0, seed=1,

@@ -62,6 +62,15 @@ def test_stream_deltas_add_up_to_the_unary_text(harness, engine):
     assert not responses[0].HasField("usage")
 
 
+def test_stream_interval_sends_several_tokens_per_message(harness, engine):
+    responses, _, code, _ = harness.stream(
+        "StreamGenerate", pb.GenerateRequest(text="Hi", max_tokens=10, stream_interval=4))
+    assert code is grpc.StatusCode.OK
+    assert engine.requests[0].stream_interval == 4
+    assert [len(r.completions[0].token_ids) for r in responses] == [1, 4, 4, 1]
+    assert "".join(text_of(r) for r in responses) == "The quick "
+
+
 def test_default_max_tokens_applies_when_unset(harness):
     response, _, _, _ = harness.unary("Generate", pb.GenerateRequest(text="Hi"))
     assert response.usage.completion_tokens == 16

@@ -40,6 +40,7 @@ def rejection(**fields) -> str:
     ({"text": "a", "logprobs": 6}, "logprobs: must be <= 5"),
     ({"text": "a", "prompt_logprobs": 6}, "prompt_logprobs: must be <= 5"),
     ({"text": "a", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens: must be >= 1"),
+    ({"text": "a", "stream_interval": 0}, "stream_interval: must be in [1, 4096]"),
     ({"text": "a", "max_tokens": 31},
      "max_tokens: prompt (2 tokens) + max_tokens (31) exceeds the model's context length "
      "(32 tokens)"),

@@ -82,6 +82,8 @@ class FakeEngine:
         self.running.add(request.request_id)
         try:
             completions = [_FakeCompletion(i) for i in range(request.n)]
+            # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
+            interval = request.stream_interval or 1
             prompt_logprobs = self._prompt_logprobs(request)
             while not all(c.finish_reason for c in completions):
                 if self.token_delay:
@@ -94,9 +96,10 @@ class FakeEngine:
                     if not c.finish_reason:
                         self._step(request, c)
                 finished = all(c.finish_reason for c in completions)
-                if request.stream:
+                due = [c for c in completions if c.is_due(interval)]
+                if request.stream and due:
                     output = GenerationOutput(
-                        completions=[c.take_delta() for c in completions if c.has_news],
+                        completions=[c.take_delta() for c in due],
                         finished=finished, prompt_logprobs=prompt_logprobs,
                         queued_seconds=0.0 if finished else None,
                     )
@@ -172,19 +175,23 @@ class _FakeCompletion:
         self.stop_reason: str | int | None = None
         self._sent_tokens = 0
         self._sent_text = 0
-        self.has_news = False
 
     def append(self, token: int, text: str, logprobs: int | None) -> None:
         self.token_ids.append(token)
         self.text += text
         if logprobs is not None:
             self.logprobs.append(_logprobs_for(token, logprobs))
-        self.has_news = True
 
     def finish(self, reason: FinishReason, stop_reason: str | int | None, text_cut: int) -> None:
         self.finish_reason, self.stop_reason = reason, stop_reason
         if text_cut:
             self.text = self.text[:-text_cut]
+
+    def is_due(self, interval: int) -> bool:
+        """Whether a stream sends this completion's news now."""
+        unsent = len(self.token_ids) - self._sent_tokens
+        return unsent > 0 and (self.finish_reason is not None or self._sent_tokens == 0
+                               or unsent >= interval)
 
     def take_delta(self) -> CompletionDelta:
         delta = CompletionDelta(
@@ -196,7 +203,6 @@ class _FakeCompletion:
             stop_reason=self.stop_reason,
         )
         self._sent_tokens, self._sent_text = len(self.token_ids), len(self.text)
-        self.has_news = False
         return delta
 
     def whole(self) -> CompletionDelta:

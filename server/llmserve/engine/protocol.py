@@ -46,6 +46,8 @@ class GenerationRequest:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    # Streams: tokens per output at most (None: the engine's default).
+    stream_interval: int | None = None
 
 
 @dataclass(slots=True)

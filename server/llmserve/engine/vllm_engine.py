@@ -113,6 +113,7 @@ class VllmEngine:
             logprobs=request.logprobs,
             prompt_logprobs=request.prompt_logprobs,
             skip_special_tokens=request.skip_special_tokens,
+            stream_interval=request.stream_interval,
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         )
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
