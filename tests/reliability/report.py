@@ -16,6 +16,8 @@ from tests.reliability.results import ROOT, results_dir
 TESTS = {
     "fuzz_grpc": "tests/reliability/test_fuzz.py::"
                  "test_fuzzed_generate_requests_get_ok_or_invalid_argument",
+    "fuzz_tokenizer": "tests/reliability/test_fuzz.py::"
+                      "test_fuzzed_tokenize_and_detokenize_get_ok_or_invalid_argument",
     "fuzz_http": "tests/reliability/test_fuzz.py::"
                  "test_fuzzed_http_generate_bodies_get_200_400_or_413",
     "fuzz_wire": "tests/reliability/test_fuzz.py::"

@@ -1,10 +1,10 @@
 """Fuzzing a real in-process server (fake engine) over gRPC, HTTP and raw TCP.
 
-Every generated GenerateRequest gets OK or INVALID_ARGUMENT (never INTERNAL or UNKNOWN), every
-random POST /generate body 200, 400 or 413, and garbage bytes or truncated HTTP/2 frames on
-either port leave the server healthy: health SERVING, a normal request still works, no engine
-request left running. Hypothesis runs derandomized (the same examples every run) without an
-example database.
+Every generated GenerateRequest (and Tokenize/Detokenize request) gets OK or INVALID_ARGUMENT
+(never INTERNAL or UNKNOWN), every random POST /generate body 200, 400 or 413 (too large), and
+garbage bytes or truncated HTTP/2 frames on either port leave the server healthy: health
+SERVING, a normal request still works, no engine request left running. Hypothesis runs
+derandomized (the same examples every run) without an example database.
 """
 
 import collections
@@ -33,6 +33,7 @@ from tests.support.processes import free_port
 
 GRPC_EXAMPLES = 2000
 HTTP_EXAMPLES = 1000
+TOKENIZER_EXAMPLES = 300
 GARBAGE_CONNECTIONS = 150
 TRUNCATED_CONNECTIONS = 150
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -169,8 +170,9 @@ def test_fuzzed_generate_requests_get_ok_or_invalid_argument(fuzz_server):
         @settings(max_examples=GRPC_EXAMPLES, **FUZZ_SETTINGS)
         @given(request=generate_requests(), stream=st.booleans())
         def check(request, stream):
-            if request.ByteSize() > MAX_MESSAGE_BYTES - 1024:
-                request.ClearField("messages")
+            for name in ("messages", "stop", "text"):  # oversized messages are another test
+                if request.ByteSize() > MAX_MESSAGE_BYTES - 1024:
+                    request.ClearField(name)
             code, details, responses = call(stub, request, stream)
             seen[(("stream" if stream else "unary"), code.name)] += 1
             if code not in ALLOWED_GRPC:
@@ -235,6 +237,46 @@ def test_time_limits_that_expire_mid_write_end_streams_with_time_limit(fuzz_serv
             final = list(stub.StreamGenerate(request, timeout=CALL_TIMEOUT))[-1]
             reasons[llm_pb.FinishReason.Name(final.completions[0].finish_reason)] += 1
     assert reasons == {"FINISH_REASON_TIME_LIMIT": 200}
+
+
+def test_fuzzed_tokenize_and_detokenize_get_ok_or_invalid_argument(fuzz_server):
+    seen: collections.Counter = collections.Counter()
+    with grpc.insecure_channel(fuzz_server.target) as channel:
+        stub = pb_grpc.LlmServiceStub(channel)
+
+        @settings(max_examples=TOKENIZER_EXAMPLES, **FUZZ_SETTINGS)
+        @given(text=odd_text | st.just(""), messages=st.lists(chat_message, max_size=4),
+               flags=st.tuples(*[st.none() | st.booleans()] * 3), token_ids=token_id_lists)
+        def check(text, messages, flags, token_ids):
+            add_special, add_generation_prompt, skip_special = flags
+            tokenize = llm_pb.TokenizeRequest(text=text, messages=messages,
+                                              return_tokens=bool(len(text) % 2))
+            if add_special is not None:
+                tokenize.add_special_tokens = add_special
+            if add_generation_prompt is not None:
+                tokenize.add_generation_prompt = add_generation_prompt
+            detokenize = llm_pb.DetokenizeRequest(token_ids=token_ids)
+            if skip_special is not None:
+                detokenize.skip_special_tokens = skip_special
+            for name, method, request in (("Tokenize", stub.Tokenize, tokenize),
+                                          ("Detokenize", stub.Detokenize, detokenize)):
+                try:
+                    method(request, timeout=CALL_TIMEOUT)
+                    code, details = grpc.StatusCode.OK, ""
+                except grpc.RpcError as exc:
+                    code, details = exc.code(), exc.details()
+                seen[f"{name} {code.name}"] += 1
+                assert code in ALLOWED_GRPC, (name, code, details)
+
+        check()
+    assert_healthy(fuzz_server)
+    record("fuzz_tokenizer", title="Fuzzed Tokenize and Detokenize over gRPC",
+           load=f"{sum(seen.values())} calls from {TOKENIZER_EXAMPLES} hypothesis examples "
+                "(derandomized), one at a time",
+           faults="odd unicode text or chat messages (empty roles, template syntax), both or "
+                  "neither, optional flags unset/true/false; token ids out of range",
+           outcome={"calls by RPC and status": dict(sorted(seen.items())),
+                    "INTERNAL or UNKNOWN": 0})
 
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),

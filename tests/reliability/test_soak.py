@@ -151,6 +151,8 @@ async def soak(server: ServerProcess) -> dict:
             "minutes": round((time.monotonic() - start) / 60, 1)}
 
 
+# The soak itself, plus the server's start and stop.
+@pytest.mark.timeout(SOAK_SECONDS + 600)
 def test_soak_at_64_concurrent_requests(tiny_llama, tmp_path):
     server = ServerProcess(tiny_llama, log_path=tmp_path / "server.log").start()
     try:
