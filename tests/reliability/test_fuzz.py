@@ -93,6 +93,7 @@ SCALARS = {
     "include_stop_str_in_output": st.booleans(), "logprobs": uints_in(0, 20),
     "prompt_logprobs": uints_in(0, 20), "skip_special_tokens": st.booleans(),
     "echo": st.booleans(), "truncate_prompt_tokens": uints_in(1, 600),
+    "stream_interval": uints_in(1, 16),
 }
 
 
@@ -295,7 +296,8 @@ HTTP_FIELDS = {
     "ignore_eos": st.booleans(), "request_id": st.text("abc123-", max_size=20),
     "echo": st.booleans(), "min_p": st.floats(0, 1), "min_tokens": st.integers(0, 8),
     "time_limit_ms": st.sampled_from([0, 5]), "presence_penalty": st.floats(-2, 2),
-    "model": st.sampled_from(["", MODEL_NAME]), "unknown_field": json_values,
+    "model": st.sampled_from(["", MODEL_NAME]), "stream_interval": st.integers(1, 8),
+    "unknown_field": json_values,
 }
 
 
