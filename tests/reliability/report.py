@@ -43,8 +43,8 @@ record (`reliability-results/*.json`) by `python -m tests.reliability.report`; t
 below are what that run saw, nothing else.
 
 Reproduce: `make test` runs the fast tests (fuzzing, disconnect storm, slow consumer,
-overload, restarts: about 2-3 minutes on 2 cores), `make test-slow` the slow ones (soak,
-repeated lifecycle: about 25 minutes), then `.venv/bin/python -m tests.reliability.report`.
+overload, restarts: about 100 s on 2 cores), `make test-slow` the slow ones (soak 10.5 min,
+15 lifecycle runs 8 min), then `.venv/bin/python -m tests.reliability.report`.
 All traffic goes to 127.0.0.1; every loop is bounded in count and time; every server started is
 stopped and checked to leave no `VLLM::EngineCore` process. No test asserts on timing.
 """
@@ -98,6 +98,9 @@ NOTES = """\
   In the storm above, compare the client-side and server-side counts.
 - vLLM does not apply back-pressure: for a client that stops reading, the engine keeps
   generating into its output buffer until the request finishes or the deadline aborts it.
+- The soak bounds RSS growth between two idle points; its samples under load show the trend
+  in between (the "RSS trend" line of the soak above). A slow climb within the 5% bound over
+  10 minutes would need a longer soak to tell a leak from allocator warm-up.
 - The client's retry policy (3 retries, 0.2-2 s backoff) covers blips: a server draining, a
   port handed over, a restart within about a second. A longer outage (a real restart reloads the
   model) fails the calls fast with `UNAVAILABLE`; streams are never retried.
@@ -134,6 +137,17 @@ def _outcome(outcome: dict) -> list[str]:
     return lines
 
 
+def _trend(outcome: dict) -> str | None:
+    """The soak's RSS under load, first sample to last."""
+    samples = outcome.get("samples under load") or []
+    if len(samples) < 2:
+        return None
+    first, last = samples[0], samples[-1]
+    change = last["rss_mib"] - first["rss_mib"]
+    return (f"- RSS trend under load: {first['rss_mib']:g} MiB at minute {first['minute']:g}, "
+            f"{last['rss_mib']:g} MiB at minute {last['minute']:g} ({change:+.1f} MiB)")
+
+
 def render(directory: Path) -> str:
     results = {}
     for path in sorted(directory.glob("*.json")):
@@ -163,7 +177,10 @@ def render(directory: Path) -> str:
         lines += [f"## {data['title']}", "", f"`{TESTS.get(name, name)}`", "",
                   f"**Load:** {data['load']}", "",
                   f"**Faults and bad inputs:** {data['faults']}", "",
-                  "**Measured:**", "", *_outcome(data["outcome"]), ""]
+                  "**Measured:**", "", *_outcome(data["outcome"])]
+        if trend := _trend(data["outcome"]):
+            lines.append(trend)
+        lines.append("")
     lines += ["## Bugs these tests found (fixed)", "", "| Found by | Symptom | Fix |",
               "|---|---|---|", *(f"| {a} | {b} | {c} |" for a, b, c in FOUND), "",
               FOUND_FOOTER, NOTES]
