@@ -16,6 +16,7 @@ from llmserve.engine.fake import FakeEngine
 from llmserve.logs import JsonFormatter, RequestIdFilter
 from llmserve_client import AsyncLlmClient, LlmClient, TlsConfig
 from tests.integration.conftest import ThreadedServer
+from tests.integration.test_server import wait_until
 from tests.support.certs import make_pki
 from tests.support.processes import free_port
 
@@ -168,6 +169,8 @@ def test_json_log_lines_carry_the_request_id(server):
             client.generate("Hi", max_tokens=2, request_id="trace-me")
             with pytest.raises(grpc.RpcError):
                 client.generate("Hi", top_k=-5, request_id="bad-one")
+        # The client has its answer before the server writes the access line: wait (bounded).
+        wait_until(lambda: len(stream.getvalue().splitlines()) >= 2)
     finally:
         access_logger.removeHandler(handler)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
