@@ -51,10 +51,14 @@ def _given_request_id(request, context: grpc.aio.ServicerContext) -> str:
     return request_id
 
 
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _call_ended(context: grpc.aio.ServicerContext) -> LlmServeError:
     """Why a write failed: the call had already ended (deadline passed, or the client left)."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if _deadline_passed(context):
         return DeadlineExceededError("deadline exceeded; the request was aborted")
     return ClientGoneError("the client cancelled the call")
 
@@ -84,11 +88,8 @@ def rpc(method: Callable[..., Awaitable]):
                 response_size.observe(response.ByteSize())
             return response
         except asyncio.CancelledError:
-            remaining = context.time_remaining()
-            if remaining is not None and remaining <= 0:
-                call.code = grpc.StatusCode.DEADLINE_EXCEEDED
-            else:
-                call.code = grpc.StatusCode.CANCELLED
+            call.code = (grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(context)
+                         else grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:
             call.code, message = status_for(exc, call.request_id)
