@@ -39,7 +39,7 @@ CONNECT_FAILURE = "failed to connect to all addresses"
 
 @dataclass
 class Outcome:
-    phase: str
+    phase: str  # when the call ended
     code: str
     details: str
     messages: int
@@ -62,13 +62,16 @@ class Clients:
         self.threads += [threading.Thread(target=self._streams) for _ in range(STREAM_WORKERS)]
 
     def _call(self, out: list, function) -> Outcome:
-        phase, start = self.phase, time.monotonic()
+        # Tagged with the phase the call ended in: a call started just before the outage that
+        # retried into it belongs to the outage.
+        start = time.monotonic()
         try:
-            outcome = Outcome(phase, "OK", "", function(), time.monotonic() - start)
+            outcome = Outcome("", "OK", "", function(), time.monotonic() - start)
         except grpc.RpcError as exc:
-            outcome = Outcome(phase, exc.code().name, exc.details() or "", 0,
+            outcome = Outcome("", exc.code().name, exc.details() or "", 0,
                               time.monotonic() - start)
             time.sleep(0.01)  # failures without retries come back at once
+        outcome.phase = self.phase
         out.append(outcome)
         return outcome
 
