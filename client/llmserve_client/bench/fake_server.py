@@ -30,9 +30,10 @@ def config(host: str, port: int) -> ServerConfig:
     return ServerConfig.from_args(serve_parser.parse_args(argv))
 
 
-async def serve(host: str, port: int) -> int:
+async def serve(host: str, port: int, merge_unread_outputs: bool) -> int:
     async def start_engine() -> FakeEngine:
-        return FakeEngine(max_model_len=MAX_MODEL_LEN, name=MODEL_NAME)
+        return FakeEngine(max_model_len=MAX_MODEL_LEN, name=MODEL_NAME,
+                          merge_unread_outputs=merge_unread_outputs)
 
     return await LlmServer(config(host, port), start_engine, MODEL_NAME).run()
 
@@ -41,9 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--merge-unread-outputs", action="store_true",
+                        help="Stream like vLLM: tokens a stream has not sent yet go out together "
+                             "in its next message (default: one message per token).")
     args = parser.parse_args()
     configure_logging("INFO", "text")
-    raise SystemExit(asyncio.run(serve(args.host, args.port)))
+    raise SystemExit(asyncio.run(serve(args.host, args.port, args.merge_unread_outputs)))
 
 
 if __name__ == "__main__":

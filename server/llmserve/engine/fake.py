@@ -3,6 +3,10 @@
 Its tokenizer maps each UTF-8 byte to one token (id = byte + 3; 0 pad, 1 BOS, 2 EOS). Completion
 i of a request "generates" the bytes of `FakeEngine.text`, cycled and shifted by i, one token per
 step, honouring max_tokens, min_tokens, stop strings, stop token ids and EOS.
+
+With `merge_unread_outputs`, streams behave like vLLM's: the engine steps on its own and an output
+the caller has not read yet absorbs the next one (vLLM's RequestOutputCollector in DELTA mode), so
+a caller that falls behind reads several tokens at once.
 """
 
 import asyncio
@@ -33,11 +37,13 @@ class FakeEngine:
         token_delay: float = 0.0,
         eos_after: int | None = None,
         name: str = "fake",
+        merge_unread_outputs: bool = False,
     ):
         self.text = text.encode()
         self.token_delay = token_delay
         # Emit EOS after this many tokens (unless ignore_eos); None: never.
         self.eos_after = eos_after
+        self.merge_unread_outputs = merge_unread_outputs
         self.model_info = ModelInfo(
             name=name, path="/dev/null", engine="fake", engine_version="0",
             max_model_len=max_model_len, dtype="float32", vocab_size=256 + BYTE_OFFSET,
@@ -81,37 +87,42 @@ class FakeEngine:
         self.requests.append(request)
         self.running.add(request.request_id)
         try:
-            completions = [_FakeCompletion(i) for i in range(request.n)]
-            # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
-            interval = request.stream_interval or 1
-            prompt_logprobs = self._prompt_logprobs(request)
-            while not all(c.finish_reason for c in completions):
-                if self.token_delay:
-                    await asyncio.sleep(self.token_delay)
-                else:
-                    await asyncio.sleep(0)
-                if self._dead:
-                    raise EngineDeadError()
-                for c in completions:
-                    if not c.finish_reason:
-                        self._step(request, c)
-                finished = all(c.finish_reason for c in completions)
-                due = [c for c in completions if c.is_due(interval)]
-                if request.stream and due:
-                    output = GenerationOutput(
-                        completions=[c.take_delta() for c in due],
-                        finished=finished, prompt_logprobs=prompt_logprobs,
-                        queued_seconds=0.0 if finished else None,
-                    )
-                    prompt_logprobs = None
+            if self.merge_unread_outputs and request.stream:
+                async for output in _read_merged(self._steps(request)):
                     yield output
-            if not request.stream:
-                yield GenerationOutput(
-                    completions=[c.whole() for c in completions], finished=True,
-                    prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
-                )
+            else:
+                async for output in self._steps(request):
+                    yield output
         finally:
             self.running.discard(request.request_id)
+
+    async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        completions = [_FakeCompletion(i) for i in range(request.n)]
+        # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
+        interval = request.stream_interval or 1
+        prompt_logprobs = self._prompt_logprobs(request)
+        while not all(c.finish_reason for c in completions):
+            await asyncio.sleep(self.token_delay)
+            if self._dead:
+                raise EngineDeadError()
+            for c in completions:
+                if not c.finish_reason:
+                    self._step(request, c)
+            finished = all(c.finish_reason for c in completions)
+            due = [c for c in completions if c.is_due(interval)]
+            if request.stream and due:
+                output = GenerationOutput(
+                    completions=[c.take_delta() for c in due],
+                    finished=finished, prompt_logprobs=prompt_logprobs,
+                    queued_seconds=0.0 if finished else None,
+                )
+                prompt_logprobs = None
+                yield output
+        if not request.stream:
+            yield GenerationOutput(
+                completions=[c.whole() for c in completions], finished=True,
+                prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
+            )
 
     def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> None:
         position = len(c.token_ids)
@@ -211,3 +222,66 @@ class _FakeCompletion:
             logprobs=self.logprobs or None, finish_reason=self.finish_reason,
             stop_reason=self.stop_reason,
         )
+
+
+async def _read_merged(outputs: AsyncGenerator[GenerationOutput, None]
+                       ) -> AsyncGenerator[GenerationOutput, None]:
+    """Steps `outputs` in a task of its own; each read takes everything produced since the last."""
+    unread: list[GenerationOutput] = []
+    produced = asyncio.Event()
+
+    async def produce() -> None:
+        try:
+            async for output in outputs:
+                unread.append(output)
+                produced.set()
+        finally:
+            produced.set()
+
+    producer = asyncio.create_task(produce())
+    try:
+        while True:
+            if not unread:
+                if producer.done():
+                    producer.result()  # the engine's error, if any
+                    return
+                produced.clear()
+                await produced.wait()
+                continue
+            merged = _merge(unread)
+            unread.clear()
+            yield merged
+            if merged.finished:
+                return
+    finally:
+        producer.cancel()
+
+
+def _merge(outputs: list[GenerationOutput]) -> GenerationOutput:
+    if len(outputs) == 1:
+        return outputs[0]
+    deltas: dict[int, list[CompletionDelta]] = {}
+    for output in outputs:
+        for delta in output.completions:
+            deltas.setdefault(delta.index, []).append(delta)
+    last = outputs[-1]
+    return GenerationOutput(
+        completions=[_merge_deltas(d) for d in deltas.values()],
+        finished=last.finished,
+        prompt_logprobs=outputs[0].prompt_logprobs,
+        num_cached_tokens=last.num_cached_tokens,
+        queued_seconds=last.queued_seconds,
+    )
+
+
+def _merge_deltas(deltas: list[CompletionDelta]) -> CompletionDelta:
+    last = deltas[-1]
+    logprobs = [p for d in deltas for p in d.logprobs or ()]
+    return CompletionDelta(
+        index=last.index,
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        logprobs=logprobs or None,
+        finish_reason=last.finish_reason,
+        stop_reason=last.stop_reason,
+    )

@@ -1,0 +1,81 @@
+"""The fake engine's vLLM-like streams: outputs a slow reader has not read are merged, not lost."""
+
+import asyncio
+
+import pytest
+
+from llmserve.engine.fake import FakeEngine
+from llmserve.engine.protocol import FinishReason, GenerationRequest
+from llmserve.errors import EngineDeadError
+
+MAX_TOKENS = 40
+
+
+def request(**overrides) -> GenerationRequest:
+    fields = dict(request_id="r", prompt_token_ids=[1, 75], max_tokens=MAX_TOKENS,
+                  min_tokens=MAX_TOKENS, ignore_eos=True, stream=True)
+    return GenerationRequest(**(fields | overrides))
+
+
+async def read_all(engine: FakeEngine, req: GenerationRequest, pause: float = 0.0) -> list:
+    outputs = []
+    async for output in engine.generate(req):
+        outputs.append(output)
+        await asyncio.sleep(pause)
+    return outputs
+
+
+def joined(outputs, index: int = 0) -> tuple[str, list[int]]:
+    deltas = [d for o in outputs for d in o.completions if d.index == index]
+    return "".join(d.text for d in deltas), [t for d in deltas for t in d.token_ids]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_slow_reader_gets_several_tokens_per_output_and_the_same_text(n):
+    plain = asyncio.run(read_all(FakeEngine(), request(n=n)))
+    merged = asyncio.run(read_all(FakeEngine(token_delay=0.001, merge_unread_outputs=True),
+                                  request(n=n), pause=0.01))
+
+    assert len(plain) == MAX_TOKENS
+    assert len(merged) < MAX_TOKENS / 2
+    for index in range(n):
+        assert joined(merged, index) == joined(plain, index)
+        assert len(joined(merged, index)[1]) == MAX_TOKENS
+    assert merged[-1].finished and not any(o.finished for o in merged[:-1])
+    assert {d.finish_reason for d in merged[-1].completions} == {FinishReason.LENGTH}
+
+
+def test_a_reader_that_keeps_up_gets_one_token_per_output():
+    engine = FakeEngine(token_delay=0.005, merge_unread_outputs=True)
+
+    outputs = asyncio.run(read_all(engine, request(max_tokens=10, min_tokens=10)))
+
+    assert [len(o.completions[0].token_ids) for o in outputs] == [1] * 10
+
+
+def test_merged_streams_end_with_the_engine_error():
+    async def main():
+        engine = FakeEngine(token_delay=0.001, merge_unread_outputs=True)
+        outputs = []
+        with pytest.raises(EngineDeadError):
+            async for output in engine.generate(request()):
+                outputs.append(output)
+                engine.kill()
+        return outputs
+
+    assert len(asyncio.run(main())) == 1
+
+
+def test_closing_a_merged_stream_stops_its_steps():
+    async def main():
+        engine = FakeEngine(token_delay=0.001, merge_unread_outputs=True)
+        stream = engine.generate(request(max_tokens=1000, min_tokens=1000))
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0.02)
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        return engine.running, tasks
+
+    running, tasks = asyncio.run(main())
+    assert running == set()
+    assert tasks == set()
