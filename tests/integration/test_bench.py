@@ -101,6 +101,7 @@ def test_cli_json_and_report(bench_server, tmp_path, capsys):
     write_report(results, tmp_path / "BENCHMARKS.md", None)
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "Quick run" in text and "| C=2 |" in text and "failed" in text
+    assert "tok/msg" in text and "| 1.00 |" in text  # one token per message
 
 
 def test_plot(tmp_path):

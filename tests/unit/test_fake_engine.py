@@ -57,10 +57,14 @@ def test_merged_streams_end_with_the_engine_error():
     async def main():
         engine = FakeEngine(token_delay=0.001, merge_unread_outputs=True)
         outputs = []
-        with pytest.raises(EngineDeadError):
+
+        async def read() -> None:
             async for output in engine.generate(request()):
                 outputs.append(output)
                 engine.kill()
+
+        with pytest.raises(EngineDeadError):
+            await read()
         return outputs
 
     assert len(asyncio.run(main())) == 1

@@ -14,6 +14,7 @@ TARGET_LABELS = {
     "llmserve-http": "llmserve HTTP",
     "vllm-serve": "`vllm serve` OpenAI HTTP, streaming (the peer)",
     "fake": "llmserve + fake engine, StreamGenerate",
+    "fake-merged": "llmserve + fake engine merging unread tokens (like vLLM)",
     "echo": "bare grpc.aio echo server",
 }
 GROUP_TITLES = {
@@ -81,6 +82,12 @@ def _matrix(runs: dict[str, dict], concurrency: list[int], value: Callable[[dict
     return _table(["target", *(f"C={c}" for c in concurrency)], rows)
 
 
+def _tokens_per_message(level: dict) -> str:
+    """Tokens per streamed message: above 1 when outputs were merged (unary calls: —)."""
+    messages = level.get("messages")
+    return f"{level['output_tokens'] / messages:.2f}" if messages else "—"
+
+
 def _details(runs: dict[str, dict]) -> list[str]:
     rows = []
     for key, run in runs.items():
@@ -92,13 +99,14 @@ def _details(runs: dict[str, dict]) -> list[str]:
                 " / ".join(_ms(_pct(ttft, p)) for p in ("p50", "p90", "p99")),
                 " / ".join(_ms(_pct(itl, p)) for p in ("p50", "p99")),
                 " / ".join(_ms(_pct(e2e, p)) for p in ("p50", "p99")),
+                _tokens_per_message(level),
                 _ms(level.get("server_cpu_ms_per_token")),
                 _ms(level["client_cpu_s"] * 1000 / level["output_tokens"])
                 if level["output_tokens"] else "—",
                 str(level["errors"]),
             ])
     return _table(["target", "C", "requests", "req/s", "tok/s", "TTFT p50/p90/p99 ms",
-                   "ITL p50/p99 ms", "e2e p50/p99 ms", "server CPU ms/tok",
+                   "ITL p50/p99 ms", "e2e p50/p99 ms", "tok/msg", "server CPU ms/tok",
                    "client CPU ms/tok", "errors"], rows)
 
 
@@ -190,9 +198,9 @@ def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
         "frontend only: llmserve + fake engine ≥ 0.8× the echo server's messages/s",
         [(f"C={c}", _messages_per_s(groups, "fake", c), _messages_per_s(groups, ECHO, c))
          for c in concurrency], lambda a, b: a >= 0.8 * b, ratio)
-    best = max((_value(groups, "frontend", "fake", c, "output_tokens_per_s") or 0
+    best = max((_value(groups, "frontend", "fake-merged", c, "output_tokens_per_s") or 0
                 for c in concurrency), default=0)
-    lines += _check("frontend only: ≥ 50,000 tokens/s (with coalescing)",
+    lines += _check("frontend only: ≥ 50,000 tokens/s (with coalescing: unread tokens merged)",
                     [("best", best or None, 50_000.0)], lambda a, b: a >= b,
                     lambda a, b: f"{a:,.0f} tok/s")
     return [*lines, ""]
@@ -262,7 +270,10 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "- **Frontend only**: llmserve with a fake engine that yields tokens at once "
         "(`python -m llmserve_client.bench.fake_server`) against a bare grpc.aio server that "
         "streams the same messages with nothing behind it (`echo_server`): the gRPC limit in "
-        "Python on these cores. Output tokens/s equals messages/s there.",
+        "Python on these cores. One token per message there, except for the fake engine "
+        "`--merge-unread-outputs`, which streams like vLLM: tokens a stream has not sent yet "
+        "(because its previous message is still being written) go out together in its next "
+        "message (`tok/msg` in the details).",
         "- TTFT: request sent → first streamed message with a token. ITL: gap between "
         "streamed messages. Unary `Generate` has neither.",
         "",

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -164,11 +164,12 @@ def vllm_openai_server(model: Path, log_dir: Path) -> ServerProcess:
                          log_dir / "vllm-serve.log", f"openai://{HOST}:{port}", ENGINE_ENV)
 
 
-def bench_grpc_server(module: str, log_dir: Path) -> ServerProcess:
+def bench_grpc_server(module: str, log_dir: Path, key: str,
+                      extra_args: Sequence[str] = ()) -> ServerProcess:
     """One of the bench package's frontend-only servers (fake_server, echo_server)."""
     port = free_port()
     address = f"{HOST}:{port}"
     args = [sys.executable, "-m", f"llmserve_client.bench.{module}", "--host", HOST,
-            "--port", str(port)]
-    return ServerProcess(module, args, lambda: grpc_serving(address), log_dir / f"{module}.log",
+            "--port", str(port), *extra_args]
+    return ServerProcess(key, args, lambda: grpc_serving(address), log_dir / f"{key}.log",
                          f"grpc://{address}")

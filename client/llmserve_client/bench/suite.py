@@ -50,6 +50,12 @@ BUDGETS = {
     False: {"smollm2": (8, 1), "tiny": (32, 4), "frontend": (256, 8)},
     True: {"smollm2": (4, 1), "tiny": (8, 2), "frontend": (64, 4)},
 }
+# Frontend-only servers: (module, target key, arguments).
+FRONTEND_SERVERS = (
+    ("fake_server", "fake", ()),
+    ("fake_server", "fake-merged", ("--merge-unread-outputs",)),
+    ("echo_server", "echo", ()),
+)
 PROFILE_CONCURRENCY = 64
 PROFILE_REQUESTS = 512
 PROFILE_RATE_HZ = 200
@@ -182,8 +188,9 @@ class Suite:
 
     def run_frontend_only(self) -> None:
         flags = load_flags("frontend", self.concurrency, self.args.output_len, self.quick)
-        for module, key in (("fake_server", "fake"), ("echo_server", "echo")):
-            self._server("frontend", [key], bench_grpc_server(module, self.work_dir),
+        for module, key, extra_args in FRONTEND_SERVERS:
+            self._server("frontend", [key], bench_grpc_server(module, self.work_dir, key,
+                                                              extra_args),
                          lambda server, key=key: self._record(
                              "frontend", key, lambda: load_server(server.url, flags, server.pid)))
 
