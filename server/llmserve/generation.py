@@ -81,18 +81,27 @@ class Generation:
         generation = prepared.generation
         self.builder = ResponseBuilder(request_id, len(generation.prompt_token_ids),
                                        generation.n, prepared.echo_text)
-        # When generation stops (deadline, time limit, cut-off) and the timer enforcing it.
-        self._stop_at: float | None = None
-        self._timer: asyncio.Timeout | None = None
-        self._handing_over = False
+        # The task running the request, and the timer that stops it at its deadline or time
+        # limit. Stopping cancels the task while it waits for the engine; during `on_output` it
+        # waits for the handler to return (a gRPC write cut short leaves its send pending, and
+        # the next write, the TIME_LIMIT message, failed with TOO_MANY_OPERATIONS).
+        self._task: asyncio.Task | None = None
+        self._stop_timer: asyncio.TimerHandle | None = None
+        self._in_handler = False
+        self._stopped = False
         self._cut_off = False
 
     def cut_off(self) -> None:
-        """Stops the request at its next output with UNAVAILABLE (the server is stopping)."""
+        """Stops the request at once with UNAVAILABLE (the server is stopping)."""
         self._cut_off = True
-        self._stop_at = asyncio.get_running_loop().time()
-        if self._timer is not None and not self._handing_over:
-            self._timer.reschedule(self._stop_at)
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped or self._task is None:
+            return
+        self._stopped = True
+        if not self._in_handler:
+            self._task.cancel()
 
     async def run(self, timeout: float | None, on_output: OutputHandler) -> bool:
         """Runs the request in the engine, handing each output to `on_output`.
@@ -116,37 +125,44 @@ class Generation:
 
     async def _run(self, timeout: float | None, on_output: OutputHandler) -> bool:
         generation = self.prepared.generation
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         deadline = now + timeout if timeout is not None else None
         time_limit = self.prepared.time_limit
         time_limit_at = now + time_limit if time_limit is not None else None
-        self._stop_at = min((t for t in (deadline, time_limit_at) if t is not None),
-                            default=None)
+        stop_at = min((t for t in (deadline, time_limit_at) if t is not None), default=None)
+        self._task = task = asyncio.current_task()
+        cancelling = task.cancelling()
+        if stop_at is not None:
+            self._stop_timer = loop.call_at(stop_at, self._stop)
 
         outputs = self.engine.generate(generation)
         finished = False
         try:
-            async with asyncio.timeout_at(self._stop_at) as self._timer:
+            try:
                 async for output in outputs:
                     finished = output.finished
-                    # The deadline and time limit stop generation between outputs, never inside
-                    # `on_output`: a gRPC write cut short leaves its send pending, and the next
-                    # write (the TIME_LIMIT message) failed with TOO_MANY_OPERATIONS. gRPC ends
-                    # a call whose deadline passes during a write by itself (the write fails).
-                    self._handing_over = True
-                    self._timer.reschedule(None)
+                    self._in_handler = True
                     await on_output(output)
-                    self._handing_over = False
-                    self._timer.reschedule(self._stop_at)
-            return False
-        except TimeoutError:
+                    self._in_handler = False
+                    if self._stopped and not finished:
+                        break
+            except asyncio.CancelledError:
+                # Ours (the timer or cut-off), or the call's own cancellation: re-raised.
+                if not self._stopped or task.uncancel() > cancelling:
+                    raise
+            if not self._stopped or finished:
+                return False
             if self._cut_off:
                 raise UnavailableError("the server is shutting down: the request did not finish "
-                                       "within the drain period") from None
+                                       "within the drain period")
             if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
                 return True
-            raise DeadlineExceededError("deadline exceeded; the request was aborted") from None
+            raise DeadlineExceededError("deadline exceeded; the request was aborted")
         finally:
+            self._task = None  # stopping is over: an abort below is never cancelled
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
             if not finished:
                 await self.engine.abort(generation.request_id)
             await outputs.aclose()
