@@ -12,10 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from llmserve.v1 import llmserve_pb2 as pb
+from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import AsyncLlmClient, LlmClient, full_text
 from tests.e2e.conftest import RUNNING, metric_value, wait_for_idle
 
 pytestmark = pytest.mark.e2e
+SLOW_READS = 30  # messages the slow client reads 10 ms apart
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
@@ -92,6 +95,28 @@ def test_stream_interval_coalesces_tokens_into_fewer_messages(tiny_server):
     # vLLM sends the first token at once, then every 8 tokens, then the rest at the end.
     assert sizes == [1, 8, 8, 8, 7]
     assert "".join(m.completions[0].text for m in messages) == full_text(unary)
+
+
+def test_a_client_that_falls_behind_gets_several_tokens_per_message(tiny_server):
+    # A 1 KiB flow-control window: the server's writes wait while the client sleeps, and vLLM
+    # merges the tokens generated meanwhile into the stream's next message.
+    options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    params = {"max_tokens": 600, "temperature": 0, "ignore_eos": True}
+    with LlmClient(tiny_server.target) as client:
+        unary = client.generate("Falling behind", **params)
+    with grpc.insecure_channel(tiny_server.target, options=options) as channel:
+        stub = pb_grpc.LlmServiceStub(channel)
+        messages = []
+        for message in stub.StreamGenerate(pb.GenerateRequest(text="Falling behind", **params),
+                                           timeout=120):
+            messages.append(message)
+            if len(messages) <= SLOW_READS:
+                time.sleep(0.01)
+    token_ids = [t for m in messages for c in m.completions for t in c.token_ids]
+    assert token_ids == list(unary.completions[0].token_ids)
+    assert "".join(c.text for m in messages for c in m.completions) == full_text(unary)
+    assert len(messages) < len(token_ids)
+    assert max(len(c.token_ids) for m in messages for c in m.completions) > 1
 
 
 def test_sampling_options_reach_vllm(tiny_server):

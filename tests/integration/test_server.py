@@ -14,6 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.engine.fake import FakeEngine
+from llmserve.v1 import llmserve_pb2 as pb
+from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import AsyncLlmClient, LlmClient, full_text
 from llmserve_client.cli import main as client_main
 from tests.integration.conftest import ThreadedServer
@@ -194,3 +196,26 @@ def test_client_cli_streams_and_prints_json(server, capsys):
     response = json.loads(capsys.readouterr().out)
     assert response["completions"][0]["text"] == "The"
     assert response["usage"] == {"prompt_tokens": 3, "completion_tokens": 3}
+
+
+def test_a_client_that_falls_behind_gets_merged_tokens_and_the_same_text():
+    # Like vLLM, the engine merges tokens the stream has not sent yet; with a 1 KiB flow-control
+    # window the server's writes wait while the client sleeps, so its messages carry several.
+    engine = FakeEngine(max_model_len=4096, token_delay=0.0005, merge_unread_outputs=True)
+    options = [("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    request = pb.GenerateRequest(text="Hi", max_tokens=1000, min_tokens=1000, ignore_eos=True)
+    threaded = ThreadedServer(engine).start()
+    try:
+        with grpc.insecure_channel(threaded.target, options=options) as channel:
+            messages = []
+            for message in pb_grpc.LlmServiceStub(channel).StreamGenerate(request, timeout=60):
+                messages.append(message)
+                if len(messages) <= 30:
+                    time.sleep(0.01)
+    finally:
+        threaded.stop()
+    text = "".join(c.text for m in messages for c in m.completions)
+    assert text == (engine.text.decode() * 100)[:1000]
+    assert messages[-1].usage.completion_tokens == 1000
+    assert len(messages) < 1000
+    assert max(len(c.token_ids) for m in messages for c in m.completions) > 1
