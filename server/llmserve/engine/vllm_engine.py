@@ -12,7 +12,7 @@ import vllm
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError, VLLMValidationError
-from vllm.inputs import TokensPrompt
+from vllm.inputs.engine import tokens_input
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
@@ -116,7 +116,9 @@ class VllmEngine:
             stream_interval=request.stream_interval,
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
         )
-        prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        # Already tokenized and validated: an engine input goes straight to the engine core
+        # (a raw prompt takes a round trip through vLLM's renderer thread pool).
+        prompt = tokens_input(request.prompt_token_ids)
         try:
             async for output in self._llm.generate(prompt, params, request.request_id):
                 yield self._convert(output, request)
