@@ -101,8 +101,13 @@ class FakeEngine:
         # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
         interval = request.stream_interval or 1
         prompt_logprobs = self._prompt_logprobs(request)
+        # Each step waits token_delay. With none, a plain stream yields tokens instantly (its
+        # reader's writes give other requests their turn); unary requests and merging streams
+        # still let the event loop run between steps.
+        pace = bool(self.token_delay) or not request.stream or self.merge_unread_outputs
         while not all(c.finish_reason for c in completions):
-            await asyncio.sleep(self.token_delay)
+            if pace:
+                await asyncio.sleep(self.token_delay)
             if self._dead:
                 raise EngineDeadError()
             for c in completions:
