@@ -252,10 +252,11 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
     if meta["quick"]:
         lines += ["> **Quick run** (`make bench-quick`): few requests per level, noisy. "
                   "`make bench` gives the full numbers.", ""]
-    busiest = max(meta["load_average_start"][0], meta.get("load_average_end", (0,))[0])
-    if busiest >= 1.0:
-        lines += [f"> **Noisy**: other processes shared this machine during the run (1-minute "
-                  f"load average up to {busiest:.1f} on {meta['cpus']} CPUs); compare targets "
+    # The load at the end includes the benchmark's own processes; at the start it is others'.
+    load_before = meta["load_average_start"][0]
+    if load_before >= 1.0:
+        lines += [f"> **Noisy**: other processes were running when the benchmark started (1-minute "
+                  f"load average {load_before:.1f} on {meta['cpus']} CPUs); compare targets "
                   "within one run, and rerun on an idle machine for absolute numbers.", ""]
     lines += [
         f"Measured {meta['started']} (commit {meta['git_commit'] or 'unknown'}) by "
@@ -270,7 +271,10 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "generator (`llmserve-bench`: grpc.aio on asyncio with one channel, or aiohttp on "
         "uvloop with a connection pool) shares the cores with the server and its engine core, so a "
         "frontend's CPU cost shows up as lost throughput. Each level is a fixed number of "
-        "concurrent requests (C); each server gets 2 short warm-up requests first.",
+        "concurrent requests (C); each server gets 2 short warm-up requests first. With vLLM's "
+        "CPU worker busy-polling a core, a single cell can differ a lot from one run to the "
+        "next on 2 CPUs: compare targets within a run, and repeat a run before trusting one "
+        "cell.",
         "",
         "- **in-process AsyncLLM**: vLLM's engine driven from the benchmark process itself, no "
         "network, no serialization: the limit.",
