@@ -30,6 +30,8 @@ access_logger = logging.getLogger("llmserve.access")
 
 SERVER_NAME = "llmserve"
 REQUEST_ID_KEY = "x-request-id"
+# How far ahead of the server's deadline a client's deadline may fire: request transit time.
+DEADLINE_SKEW_SECONDS = 0.05
 
 
 @dataclass(slots=True)
@@ -52,8 +54,14 @@ def _given_request_id(request, context: grpc.aio.ServicerContext) -> str:
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has (about) passed.
+
+    When the client's deadline fires first, its cancellation reaches the server a little before
+    the server's copy of the deadline (which started when the request arrived): that is still a
+    deadline, not a client that left.
+    """
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= DEADLINE_SKEW_SECONDS
 
 
 def _call_ended(context: grpc.aio.ServicerContext) -> LlmServeError:

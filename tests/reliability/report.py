@@ -93,9 +93,10 @@ so that leaked tasks show.
 NOTES = """\
 ## Limits and observations
 
-- The server counts a call whose client-side deadline passes first as `CANCELLED` (the client's
-  RST_STREAM arrives before the server's own timer fires); the client sees `DEADLINE_EXCEEDED`.
-  In the storm above, compare the client-side and server-side counts.
+- A client whose deadline fires first cancels the call a little before the server's copy of
+  the deadline (which started when the request arrived) runs out; the server counts a
+  cancellation within 50 ms of its deadline as `DEADLINE_EXCEEDED`. Calls a client cancels
+  before their handler starts never reach the server's counters.
 - vLLM does not apply back-pressure: for a client that stops reading, the engine keeps
   generating into its output buffer until the request finishes or the deadline aborts it.
 - The soak bounds RSS growth between two idle points; its samples under load show the trend

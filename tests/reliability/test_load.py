@@ -173,6 +173,15 @@ def test_disconnect_storm_leaves_nothing_behind(limited_server):
     mid_stream = {kind: sum(1 for r in results if r.plan.kind == kind and r.messages)
                   for kind in ("cancel", "deadline")}
     assert_nothing_left(before, after)
+    # The server counted the calls as their clients saw them, deadlines as DEADLINE_EXCEEDED
+    # (not CANCELLED), except calls a client cancelled before their handler started, which the
+    # server never sees.
+    client_codes = collections.Counter(r.code for r in results)
+    server_codes = deltas(before, after, "llmserve_requests_total", "code")
+    never_seen = len(results) - sum(server_codes.values())
+    assert server_codes["OK"] == client_codes["OK"]
+    assert (client_codes["DEADLINE_EXCEEDED"] - never_seen <= server_codes["DEADLINE_EXCEEDED"]
+            <= client_codes["DEADLINE_EXCEEDED"])
     record("disconnect_storm", title="Disconnect storm (real engine)",
            load=f"{STORM_STREAMS} StreamGenerate calls, {STORM_CONCURRENCY} at a time over "
                 f"{STORM_CHANNELS} channels, tiny random Llama (vLLM CPU, float32), greedy, "
