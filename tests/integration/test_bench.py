@@ -113,3 +113,26 @@ def test_plot(tmp_path):
                   "runs": [{"model": "tiny", "target": "inprocess", "levels": [level]}]},
                  tmp_path / "bench.png")
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_repeated_runs_keep_each_levels_median():
+    from llmserve_client.bench.suite import median_levels
+
+    def level(c: int, tokens_per_s: float) -> dict:
+        return {"concurrency": c, "output_tokens_per_s": tokens_per_s}
+
+    runs = [[level(1, 10.0), level(16, 300.0)],
+            [level(1, 30.0), level(16, 100.0)],
+            [level(1, 20.0), level(16, 200.0)]]
+
+    assert median_levels(runs) == [
+        {**level(1, 20.0), "repeats_output_tokens_per_s": [10.0, 30.0, 20.0]},
+        {**level(16, 200.0), "repeats_output_tokens_per_s": [300.0, 100.0, 200.0]},
+    ]
+    assert median_levels(runs[:1]) == runs[0]
+
+
+def test_suite_refuses_zero_repeats(capsys):
+    with pytest.raises(SystemExit):
+        bench_main(["suite", "--repeats", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err

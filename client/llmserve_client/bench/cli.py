@@ -34,6 +34,13 @@ def length_range(text: str) -> tuple[int, int]:
     return result
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def add_load_arguments(parser: argparse.ArgumentParser, concurrency: Sequence[int]) -> None:
     group = parser.add_argument_group("load")
     group.add_argument("--concurrency", type=int, nargs="+", default=list(concurrency),
@@ -142,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inprocess = commands.add_parser("inprocess", help="Load vLLM's AsyncLLM in this process.")
     inprocess.add_argument("--model", type=Path, required=True, help="Model directory.")
-    inprocess.add_argument("--stream-interval", type=int, default=1,
+    inprocess.add_argument("--stream-interval", type=positive_int, default=1,
                            help="vLLM's --stream-interval (default %(default)s).")
     add_load_arguments(inprocess, (1,))
     inprocess.set_defaults(func=inprocess_command)
@@ -156,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Default {list(DEFAULT_CONCURRENCY)} "
                             f"(--quick: {list(QUICK_CONCURRENCY)}).")
     suite.add_argument("--output-len", type=int, default=64)
-    suite.add_argument("--stream-interval", type=int, default=1,
+    suite.add_argument("--repeats", type=positive_int, default=1,
+                       help="Run every target this many times and report, per concurrency, the "
+                            "run with the median tokens/s (default %(default)s).")
+    suite.add_argument("--stream-interval", type=positive_int, default=1,
                        help="vLLM's --stream-interval for every engine (in-process, llmserve, "
                             "vllm serve): at most this many tokens per streamed message "
                             "(default %(default)s).")

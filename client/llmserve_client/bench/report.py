@@ -232,6 +232,13 @@ def _profile_section(profile: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _repeats_note(repeats: int) -> str:
+    if repeats <= 1:
+        return ""
+    return (f"; every target ran {repeats} times and each cell is the run with the median "
+            "tokens/s at that C (all runs' tokens/s in the JSON)")
+
+
 def _stream_interval_note(stream_interval: int) -> str:
     if stream_interval <= 1:
         return ""
@@ -271,7 +278,8 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "generator (`llmserve-bench`: grpc.aio on asyncio with one channel, or aiohttp on "
         "uvloop with a connection pool) shares the cores with the server and its engine core, so a "
         "frontend's CPU cost shows up as lost throughput. Each level is a fixed number of "
-        "concurrent requests (C); each server gets 2 short warm-up requests first. With vLLM's "
+        "concurrent requests (C); each server gets 2 short warm-up requests first"
+        f"{_repeats_note(meta.get('repeats', 1))}. With vLLM's "
         "CPU worker busy-polling a core, a single cell can differ a lot from one run to the "
         "next on 2 CPUs: compare targets within a run, and repeat a run before trusting one "
         "cell.",

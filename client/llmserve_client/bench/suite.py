@@ -134,11 +134,12 @@ class Suite:
         self.profile: dict | None = None
 
     def _record(self, model: str, target: str, measure) -> None:
-        """Runs one target's levels; a failure is recorded and the suite goes on."""
+        """Runs one target's levels (--repeats times, keeping each level's median run); a
+        failure is recorded and the suite goes on."""
         started = time.monotonic()
         record = {"model": model, "target": target, "levels": [], "error": None}
         try:
-            record["levels"] = measure()
+            record["levels"] = median_levels([measure() for _ in range(self.args.repeats)])
         except Exception as exc:
             logger.exception("%s on %s failed", target, model)
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -200,6 +201,7 @@ class Suite:
         meta = machine_info(self.quick)
         meta["output_len"] = self.args.output_len
         meta["stream_interval"] = self.args.stream_interval
+        meta["repeats"] = self.args.repeats
         meta["results_json"] = str(self.args.json)
         for key in self.args.models:
             self.run_model(key)
@@ -208,6 +210,20 @@ class Suite:
         meta["finished"] = _now()
         meta["load_average_end"] = os.getloadavg()
         return {"meta": meta, "runs": self.runs, "profile": self.profile}
+
+
+def median_levels(runs: list[list[dict]]) -> list[dict]:
+    """Per concurrency, the run with the median output tokens/s (the lower middle one for an
+    even count), tagged with every run's tokens/s."""
+    levels = []
+    for same_level in zip(*runs, strict=True):
+        ordered = sorted(same_level, key=lambda level: level["output_tokens_per_s"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        if len(ordered) > 1:
+            median["repeats_output_tokens_per_s"] = [
+                level["output_tokens_per_s"] for level in same_level]
+        levels.append(median)
+    return levels
 
 
 def _now() -> str:
