@@ -47,6 +47,9 @@ class EngineDeadError(UnavailableError):
 class DeadlineExceededError(LlmServeError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
+    def __init__(self, detail: str = "deadline exceeded; the request was aborted"):
+        super().__init__(detail)
+
 
 class ClientGoneError(LlmServeError):
     """The client cancelled or disconnected; nothing more reaches it."""

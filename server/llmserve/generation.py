@@ -158,7 +158,7 @@ class Generation:
                                        "within the drain period")
             if time_limit_at is not None and (deadline is None or time_limit_at <= deadline):
                 return True
-            raise DeadlineExceededError("deadline exceeded; the request was aborted")
+            raise DeadlineExceededError()
         finally:
             self._task = None  # stopping is over: an abort below is never cancelled
             if self._stop_timer is not None:

@@ -18,7 +18,6 @@ import logging
 import socket
 import ssl
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ from llmserve.errors import (
 from llmserve.generation import Generation, ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
-from llmserve.validation import check_request_id, valid_request_id
+from llmserve.validation import check_request_id, request_id_or_new
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("llmserve.access")
@@ -271,9 +270,9 @@ class HttpApi:
             raise InvalidArgumentError("body", f"not valid JSON ({exc})") from None
 
     async def generate(self, request: Request) -> Response:
-        given_id = request.headers.get(REQUEST_ID_HEADER, "")
-        call = _Call("http_generate", given_id if given_id and valid_request_id(given_id)
-                     else uuid.uuid4().hex, time.monotonic())
+        call = _Call("http_generate",
+                     request_id_or_new(request.headers.get(REQUEST_ID_HEADER, "")),
+                     time.monotonic())
         request_id_var.set(call.request_id)
         try:
             response = await self._generate(request, call)

@@ -4,7 +4,6 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from llmserve.generation import ServerState
 from llmserve.logs import request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
-from llmserve.validation import chat_turns, check_request_id, check_token_ids, valid_request_id
+from llmserve.validation import chat_turns, check_request_id, check_token_ids, request_id_or_new
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("llmserve.access")
@@ -67,7 +66,7 @@ def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
 def _call_ended(context: grpc.aio.ServicerContext) -> LlmServeError:
     """Why a write failed: the call had already ended (deadline passed, or the client left)."""
     if _deadline_passed(context):
-        return DeadlineExceededError("deadline exceeded; the request was aborted")
+        return DeadlineExceededError()
     return ClientGoneError("the client cancelled the call")
 
 
@@ -81,9 +80,7 @@ def rpc(method: Callable[..., Awaitable]):
     @functools.wraps(method)
     async def handler(self: "LlmServicer", request, context: grpc.aio.ServicerContext):
         given_id = _given_request_id(request, context)
-        # An id that cannot be echoed is refused below; the call gets one of ours meanwhile.
-        call = CallRecord(method=name, request_id=given_id if given_id and valid_request_id(
-            given_id) else uuid.uuid4().hex)
+        call = CallRecord(method=name, request_id=request_id_or_new(given_id))
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         request_size.observe(request.ByteSize())

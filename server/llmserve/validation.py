@@ -5,6 +5,7 @@ violation is an INVALID_ARGUMENT naming the field and the rule.
 """
 
 import math
+import uuid
 from dataclasses import dataclass
 
 from llmserve.engine.protocol import ChatTurn, Engine, GenerationRequest
@@ -57,6 +58,12 @@ def chat_turns(messages) -> list[ChatTurn]:
 def valid_request_id(request_id: str) -> bool:
     return (len(request_id) <= MAX_REQUEST_ID_LENGTH and request_id.isascii()
             and request_id.isprintable())
+
+
+def request_id_or_new(given: str) -> str:
+    """The client's request id when it can be echoed back, else a new one (a bad one is refused
+    by `check_request_id` later, under the new id)."""
+    return given if given and valid_request_id(given) else uuid.uuid4().hex
 
 
 def check_request_id(request_id: str) -> str:
