@@ -8,6 +8,7 @@ from llmserve.engine.protocol import (
     GenerationOutput,
     PositionLogprobs,
     TokenLogprob,
+    merge_deltas,
 )
 from llmserve.v1 import llmserve_pb2 as pb
 
@@ -65,8 +66,8 @@ class ResponseBuilder:
         self._echo_text = echo_text
         self._echoed: set[int] = set()
         self._unfinished = set(range(n))
-        # Unary calls: per completion index, everything generated so far.
-        self._collected: dict[int, _CollectedCompletion] = {}
+        # Unary calls: per completion index, its deltas so far.
+        self._collected: dict[int, list[CompletionDelta]] = {}
         self._prompt_logprobs: list[PositionLogprobs | None] | None = None
 
     def _observe(self, output: GenerationOutput) -> None:
@@ -132,51 +133,18 @@ class ResponseBuilder:
         if output.prompt_logprobs is not None:
             self._prompt_logprobs = output.prompt_logprobs
         for delta in output.completions:
-            self._collected.setdefault(delta.index, _CollectedCompletion(delta.index)).add(delta)
+            self._collected.setdefault(delta.index, []).append(delta)
 
     def unary_response(self, time_limited: bool = False) -> pb.GenerateResponse:
+        completions = {index: merge_deltas(deltas) for index, deltas in self._collected.items()}
         if time_limited:
             for index in self._unfinished:
-                self._collected.setdefault(index, _CollectedCompletion(index)).finish_reason = (
-                    FinishReason.TIME_LIMIT
-                )
+                completions.setdefault(index, CompletionDelta(index=index, text="", token_ids=[])
+                                       ).finish_reason = FinishReason.TIME_LIMIT
         response = pb.GenerateResponse(
             request_id=self.request_id,
-            completions=[
-                self._pb_completion(c.as_delta()) for _, c in sorted(self._collected.items())
-            ],
+            completions=[self._pb_completion(c) for _, c in sorted(completions.items())],
         )
         if self._prompt_logprobs is not None:
             response.prompt_logprobs.extend(_position_logprobs(p) for p in self._prompt_logprobs)
         return self._finish(response)
-
-
-class _CollectedCompletion:
-    __slots__ = ("finish_reason", "index", "logprobs", "stop_reason", "texts", "token_ids")
-
-    def __init__(self, index: int):
-        self.index = index
-        self.texts: list[str] = []
-        self.token_ids: list[int] = []
-        self.logprobs: list[PositionLogprobs] = []
-        self.finish_reason: FinishReason | None = None
-        self.stop_reason: str | int | None = None
-
-    def add(self, delta: CompletionDelta) -> None:
-        self.texts.append(delta.text)
-        self.token_ids.extend(delta.token_ids)
-        if delta.logprobs:
-            self.logprobs.extend(delta.logprobs)
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
-            self.stop_reason = delta.stop_reason
-
-    def as_delta(self) -> CompletionDelta:
-        return CompletionDelta(
-            index=self.index,
-            text="".join(self.texts),
-            token_ids=self.token_ids,
-            logprobs=self.logprobs or None,
-            finish_reason=self.finish_reason,
-            stop_reason=self.stop_reason,
-        )

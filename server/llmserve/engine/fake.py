@@ -21,6 +21,7 @@ from llmserve.engine.protocol import (
     ModelInfo,
     PositionLogprobs,
     TokenLogprob,
+    merge_deltas,
 )
 from llmserve.errors import EngineDeadError
 
@@ -271,22 +272,9 @@ def _merge(outputs: list[GenerationOutput]) -> GenerationOutput:
             deltas.setdefault(delta.index, []).append(delta)
     last = outputs[-1]
     return GenerationOutput(
-        completions=[_merge_deltas(d) for d in deltas.values()],
+        completions=[merge_deltas(d) for d in deltas.values()],
         finished=last.finished,
         prompt_logprobs=outputs[0].prompt_logprobs,
         num_cached_tokens=last.num_cached_tokens,
         queued_seconds=last.queued_seconds,
-    )
-
-
-def _merge_deltas(deltas: list[CompletionDelta]) -> CompletionDelta:
-    last = deltas[-1]
-    logprobs = [p for d in deltas for p in d.logprobs or ()]
-    return CompletionDelta(
-        index=last.index,
-        text="".join(d.text for d in deltas),
-        token_ids=[t for d in deltas for t in d.token_ids],
-        logprobs=logprobs or None,
-        finish_reason=last.finish_reason,
-        stop_reason=last.stop_reason,
     )

@@ -77,6 +77,21 @@ class CompletionDelta:
     stop_reason: str | int | None = None
 
 
+def merge_deltas(deltas: Sequence[CompletionDelta]) -> CompletionDelta:
+    """Consecutive deltas of one completion as one; the finish and stop reasons are the last's
+    (only a completion's last delta has them)."""
+    last = deltas[-1]
+    logprobs = [p for d in deltas for p in d.logprobs or ()]
+    return CompletionDelta(
+        index=last.index,
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        logprobs=logprobs or None,
+        finish_reason=last.finish_reason,
+        stop_reason=last.stop_reason,
+    )
+
+
 @dataclass(slots=True)
 class GenerationOutput:
     completions: list[CompletionDelta]
