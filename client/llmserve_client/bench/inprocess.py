@@ -1,7 +1,7 @@
 """vLLM's AsyncLLM driven in this process with no network: the limit any frontend is measured by.
 
-Same engine settings as the servers (servers.ENGINE_ARGS), same prompts, same output lengths;
-the engine core runs in its own child process as it does behind a server.
+Same engine settings as the servers (servers.engine_args and ENGINE_ENV), same prompts, same
+output lengths; the engine core runs in its own child process as it does behind a server.
 """
 
 import asyncio
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, LoadSpec, run_levels
-from llmserve_client.bench.servers import KV_CACHE_GIB
+from llmserve_client.bench.servers import ENGINE_ENV
+from llmserve_client.bench.servers import engine_args as server_engine_args
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,14 @@ class AsyncLLMTarget:
 
 
 def engine_args(model: Path, stream_interval: int):
+    """The servers' engine settings (`servers.engine_args`), parsed by vLLM's own parser."""
+    import argparse
+
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    return AsyncEngineArgs(model=str(model), dtype="float32", enforce_eager=True,
-                           kv_cache_memory_bytes=KV_CACHE_GIB * 1024**3,
-                           stream_interval=stream_interval)
+    parser = AsyncEngineArgs.add_cli_args(argparse.ArgumentParser())
+    return AsyncEngineArgs.from_cli_args(parser.parse_args(
+        ["--model", str(model), *server_engine_args(stream_interval)]))
 
 
 async def run_inprocess(model: Path, specs: Sequence[LoadSpec], warmup: int,
@@ -60,7 +64,8 @@ async def run_inprocess(model: Path, specs: Sequence[LoadSpec], warmup: int,
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(KV_CACHE_GIB))
+    for name, value in ENGINE_ENV.items():
+        os.environ.setdefault(name, value)
     llm = AsyncLLM.from_engine_args(engine_args(model, stream_interval),
                                     usage_context=UsageContext.OPENAI_API_SERVER)
     try:
