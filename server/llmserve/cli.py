@@ -1,12 +1,11 @@
 """The `llmserve` command: `serve` runs the server; other subcommands prepare models."""
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
-from llmserve import __version__
+from llmserve import __version__, event_loop
 from llmserve.config import (
     ServerConfig,
     add_engine_arguments,
@@ -34,7 +33,8 @@ def serve(args: argparse.Namespace) -> int:
     resolve_model(args)
     engine_args = AsyncEngineArgs.from_cli_args(args)
     served_model_name = args.served_model_name[0]
-    logger.info("llmserve %s serving %s as %r", __version__, args.model, served_model_name)
+    logger.info("llmserve %s serving %s as %r on %s", __version__, args.model, served_model_name,
+                config.event_loop)
 
     async def start_engine():
         return await VllmEngine.start(engine_args, served_model_name)
@@ -42,7 +42,7 @@ def serve(args: argparse.Namespace) -> int:
     async def run() -> int:
         return await LlmServer(config, start_engine, served_model_name).run()
 
-    return asyncio.run(run())
+    return event_loop.run(run(), config.event_loop)
 
 
 def build_parser(with_engine_arguments: bool) -> tuple[argparse.ArgumentParser,

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import Future
 
 import pytest
+import uvloop
 
 from llmserve.app import LlmServer
 from llmserve.config import ServerConfig
@@ -22,7 +23,7 @@ def server_config(**overrides) -> ServerConfig:
                   max_message_bytes=4 * 1024 * 1024, default_max_tokens=16, max_n=4,
                   shutdown_grace_seconds=5.0, max_queued_requests=None, tls_cert=None,
                   tls_key=None, tls_client_ca=None, api_key=[], api_key_file=None,
-                  log_level="INFO", log_format="text")
+                  log_level="INFO", log_format="text", event_loop="uvloop")
     return ServerConfig(**{**values, **overrides})
 
 
@@ -30,7 +31,9 @@ class ThreadedServer:
     def __init__(self, engine: FakeEngine, **config_overrides):
         self.engine = engine
         self.config = server_config(**config_overrides)
-        self.loop = asyncio.new_event_loop()
+        # The loop `llmserve serve` would run the server on (uvloop by default).
+        self.loop = (uvloop.new_event_loop() if self.config.event_loop == "uvloop"
+                     else asyncio.new_event_loop())
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: LlmServer | None = None
 

@@ -1,9 +1,11 @@
 """`llmserve serve` flags and their LLMSERVE_* environment variables."""
 
 import argparse
+import asyncio
 
 import pytest
 
+from llmserve import event_loop
 from llmserve.cli import build_parser
 from llmserve.config import ServerConfig, env_name, with_env_arguments
 
@@ -64,3 +66,26 @@ def test_bad_environment_values_are_reported_with_the_variable_or_flag():
         parse([], {"LLMSERVE_ENFORCE_EAGER": "maybe"})
     with pytest.raises(SystemExit):
         parse([], {"LLMSERVE_PORT": "not-a-port"})
+
+
+def test_the_server_runs_on_uvloop_unless_asked_for_asyncio():
+    assert ServerConfig.from_args(parse([], {})).event_loop == "uvloop"
+    assert ServerConfig.from_args(parse([], {"LLMSERVE_EVENT_LOOP": "asyncio"})).event_loop \
+        == "asyncio"
+    with pytest.raises(SystemExit):
+        parse(["--event-loop", "trio"], {})
+
+
+@pytest.mark.parametrize("name", ["uvloop", "asyncio"])
+def test_event_loop_run_uses_the_named_loop(name):
+    async def loop_kind() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert event_loop.run(loop_kind(), name).split(".")[0] == name
+
+
+def test_event_loop_run_refuses_an_unknown_loop():
+    coroutine = asyncio.sleep(0)
+    with pytest.raises(ValueError, match="unknown event loop 'trio'"):
+        event_loop.run(coroutine, "trio")
+    coroutine.close()

@@ -66,8 +66,8 @@ def add_load_arguments(parser: argparse.ArgumentParser, concurrency: Sequence[in
     group.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     group.add_argument("--no-progress", action="store_true", help="No progress bar.")
     group.add_argument("--no-uvloop", action="store_true",
-                       help="Use asyncio's default loop for HTTP targets and in-process runs "
-                            "too (gRPC targets always do).")
+                       help="Run the load generator on asyncio's default loop instead of "
+                            "uvloop (which keeps it lighter on the cores it shares).")
 
 
 def load_specs(args: argparse.Namespace) -> list[LoadSpec]:
@@ -91,7 +91,7 @@ def _emit(results: list[dict], args: argparse.Namespace) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from llmserve_client.bench.targets import open_target, prefers_uvloop
+    from llmserve_client.bench.targets import open_target
 
     async def main() -> list[dict]:
         target = await open_target(args.target, args.model)
@@ -102,7 +102,7 @@ def run_command(args: argparse.Namespace) -> int:
         finally:
             await target.close()
 
-    results = run_async(main(), prefers_uvloop(args.target) and not args.no_uvloop)
+    results = run_async(main(), not args.no_uvloop)
     _emit(results, args)
     return 1 if any(r["errors"] for r in results) else 0
 

@@ -6,12 +6,12 @@ no engine, validation or logging behind them:
 """
 
 import argparse
-import asyncio
 import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from llmserve import event_loop
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 
@@ -49,9 +49,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--event-loop", default="uvloop", choices=event_loop.EVENT_LOOPS,
+                        help="The loop to serve on (default: llmserve's default).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(args.host, args.port))
+    event_loop.run(serve(args.host, args.port), args.event_loop)
 
 
 if __name__ == "__main__":

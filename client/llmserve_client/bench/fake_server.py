@@ -5,9 +5,9 @@ A development entry point, not part of the `llmserve` CLI:
 """
 
 import argparse
-import asyncio
 import logging
 
+from llmserve import event_loop
 from llmserve.app import LlmServer
 from llmserve.cli import build_parser
 from llmserve.config import ServerConfig
@@ -30,12 +30,12 @@ def config(host: str, port: int) -> ServerConfig:
     return ServerConfig.from_args(serve_parser.parse_args(argv))
 
 
-async def serve(host: str, port: int, merge_unread_outputs: bool) -> int:
+async def serve(server_config: ServerConfig, merge_unread_outputs: bool) -> int:
     async def start_engine() -> FakeEngine:
         return FakeEngine(max_model_len=MAX_MODEL_LEN, name=MODEL_NAME,
                           merge_unread_outputs=merge_unread_outputs)
 
-    return await LlmServer(config(host, port), start_engine, MODEL_NAME).run()
+    return await LlmServer(server_config, start_engine, MODEL_NAME).run()
 
 
 def main() -> None:
@@ -47,7 +47,9 @@ def main() -> None:
                              "in its next message (default: one message per token).")
     args = parser.parse_args()
     configure_logging("INFO", "text")
-    raise SystemExit(asyncio.run(serve(args.host, args.port, args.merge_unread_outputs)))
+    server_config = config(args.host, args.port)
+    raise SystemExit(event_loop.run(serve(server_config, args.merge_unread_outputs),
+                                    server_config.event_loop))
 
 
 if __name__ == "__main__":

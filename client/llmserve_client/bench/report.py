@@ -275,8 +275,8 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "decoding, every request exactly "
         f"{meta['output_len']} output tokens with `ignore_eos`"
         f"{_stream_interval_note(meta.get('stream_interval', 1))}). The load "
-        "generator (`llmserve-bench`: grpc.aio on asyncio with one channel, or aiohttp on "
-        "uvloop with a connection pool) shares the cores with the server and its engine core, so a "
+        "generator (`llmserve-bench` on uvloop: grpc.aio with one channel, or aiohttp with a "
+        "connection pool) shares the cores with the server and its engine core, so a "
         "frontend's CPU cost shows up as lost throughput. Each level is a fixed number of "
         "concurrent requests (C); each server gets 2 short warm-up requests first"
         f"{_repeats_note(meta.get('repeats', 1))}. With vLLM's "
@@ -290,11 +290,11 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "`/v1/completions` with the final usage chunk.",
         "- **Frontend only**: llmserve with a fake engine that yields tokens at once "
         "(`python -m llmserve_client.bench.fake_server`) against a bare grpc.aio server that "
-        "streams the same messages with nothing behind it (`echo_server`): the gRPC limit in "
-        "Python on these cores. One token per message there, except for the fake engine "
-        "`--merge-unread-outputs`, which streams like vLLM: tokens a stream has not sent yet "
-        "(because its previous message is still being written) go out together in its next "
-        "message (`tok/msg` in the details).",
+        "streams the same messages with nothing behind it (`echo_server`), both on uvloop like "
+        "`llmserve serve`: the gRPC limit in Python on these cores. One token per message "
+        "there, except for the fake engine `--merge-unread-outputs`, which streams like vLLM: "
+        "tokens a stream has not sent yet (because its previous message is still being "
+        "written) go out together in its next message (`tok/msg` in the details).",
         "- TTFT: request sent → first streamed message with a token. ITL: gap between "
         "streamed messages. Unary `Generate` has neither.",
         "",

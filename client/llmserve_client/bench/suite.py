@@ -37,7 +37,7 @@ from llmserve_client.bench.servers import (
     stop_process_group,
     vllm_openai_server,
 )
-from llmserve_client.bench.targets import open_target, prefers_uvloop
+from llmserve_client.bench.targets import open_target
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def load_server(url: str, flags: Sequence[str], server_pid: int | None,
         finally:
             await target.close()
 
-    return run_async(main(), prefers_uvloop(url))
+    return run_async(main())
 
 
 def load_inprocess(model: Path, flags: Sequence[str], work_dir: Path,

@@ -143,11 +143,6 @@ class OpenAICompletionsTarget(_HttpTarget):
         return final["usage"]["completion_tokens"], times
 
 
-def prefers_uvloop(url: str) -> bool:
-    """uvloop makes aiohttp lighter; grpc.aio stays on asyncio's own loop, its supported one."""
-    return urlsplit(url).scheme in ("openai", "http")
-
-
 async def open_target(url: str, model: str | None = None) -> Target:
     """The target named by `url` (see the module docstring), connected in the running loop."""
     parts = urlsplit(url)
