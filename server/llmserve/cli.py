@@ -37,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
                 config.event_loop)
 
     async def start_engine():
-        return await VllmEngine.start(engine_args, served_model_name)
+        return await VllmEngine.start(engine_args, served_model_name, config.bind_engine_core)
 
     async def run() -> int:
         return await LlmServer(config, start_engine, served_model_name).run()

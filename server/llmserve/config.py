@@ -44,6 +44,7 @@ class ServerConfig:
     log_level: str
     log_format: str
     event_loop: str
+    bind_engine_core: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -111,6 +112,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--event-loop", default="uvloop", choices=EVENT_LOOPS,
                        help="Event loop of the gRPC and HTTP servers: uvloop (default, as vLLM's "
                             "servers; cheaper per streamed message) or asyncio's own.")
+    group.add_argument("--bind-engine-core", action=argparse.BooleanOptionalAction, default=True,
+                       help="CPU platforms: bind vLLM's engine-core process to its workers' "
+                            "cores, so that its busy-wait leaves the cores vLLM reserves for the "
+                            "API server to llmserve (default on; no effect on GPUs).")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

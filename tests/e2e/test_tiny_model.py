@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from llmserve.v1 import llmserve_pb2 as pb
@@ -182,3 +184,19 @@ def test_grpcurl_against_the_real_engine(tiny_server):
     streamed = grpcurl("-d", '{"text": "My name is", "max_tokens": 5, "ignore_eos": true}',
                        tiny_server.target, "llmserve.v1.LlmService/StreamGenerate")
     assert streamed.count('"request_id"') == 5
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="no core to reserve on one CPU")
+def test_engine_core_is_bound_to_the_workers_cores(tiny_server):
+    """On the CPU build: the engine core's busy-wait stays off the cores left to llmserve."""
+    descendants = psutil.Process(tiny_server.process.pid).children(recursive=True)
+    titles = {p.pid: (p.cmdline() or [""])[0] for p in descendants}
+    workers = [p for p in descendants if titles[p.pid].startswith("VLLM::Worker")]
+    engine_cores = [p for p in descendants if titles[p.pid].startswith("VLLM::EngineCore")]
+    assert workers and engine_cores, titles
+    worker_cpus = set().union(*(w.cpu_affinity() for w in workers))
+    assert worker_cpus < os.sched_getaffinity(0), "vLLM reserved no core for the frontend"
+    for engine_core in engine_cores:
+        assert {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()} == {
+            frozenset(worker_cpus)}
+    assert os.sched_getaffinity(tiny_server.process.pid) == os.sched_getaffinity(0)

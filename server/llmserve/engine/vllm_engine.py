@@ -19,6 +19,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
+from llmserve.engine.cpu_placement import bind_engine_core_to_workers
 from llmserve.engine.protocol import (
     ChatTurn,
     CompletionDelta,
@@ -61,14 +62,18 @@ class VllmEngine:
         )
 
     @classmethod
-    async def start(cls, engine_args: AsyncEngineArgs, served_model_name: str) -> "VllmEngine":
+    async def start(cls, engine_args: AsyncEngineArgs, served_model_name: str,
+                    bind_engine_core: bool = True) -> "VllmEngine":
         """Builds the engine (loads the weights, starts the engine core process).
 
-        Runs in a worker thread so the event loop keeps answering health checks meanwhile.
+        Runs in a worker thread so the event loop keeps answering health checks meanwhile. On
+        CPU platforms the engine core is then bound to its workers' cores (`cpu_placement`).
         """
         llm = await asyncio.to_thread(
             AsyncLLM.from_engine_args, engine_args, usage_context=UsageContext.OPENAI_API_SERVER
         )
+        if bind_engine_core and is_cpu_platform():
+            bind_engine_core_to_workers()
         return cls(llm, served_model_name)
 
     # Tokenizer.
