@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmserve.engine.cpu_placement import bind_engine_core_to_workers
 from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, LoadSpec, run_levels
 from llmserve_client.bench.servers import ENGINE_ENV
 from llmserve_client.bench.servers import engine_args as server_engine_args
@@ -68,6 +69,7 @@ async def run_inprocess(model: Path, specs: Sequence[LoadSpec], warmup: int,
         os.environ.setdefault(name, value)
     llm = AsyncLLM.from_engine_args(engine_args(model, stream_interval),
                                     usage_context=UsageContext.OPENAI_API_SERVER)
+    bind_engine_core_to_workers()  # as `llmserve serve` does
     try:
         return await run_levels(AsyncLLMTarget(llm), specs, warmup=warmup, progress=progress)
     finally:

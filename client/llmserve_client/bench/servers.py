@@ -19,6 +19,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmserve.engine.cpu_placement import bind_engine_core_to_workers
+
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -61,8 +63,10 @@ class ServerProcess:
     """A server command, its readiness check and its log; a context manager."""
 
     def __init__(self, name: str, args: list[str], ready: Callable[[], bool], log_path: Path,
-                 url: str, env: dict[str, str] | None = None):
+                 url: str, env: dict[str, str] | None = None, bind_engine_core: bool = False):
         self.name = name
+        # Bind its vLLM engine core to the workers' cores once ready, as `llmserve serve` does.
+        self.bind_engine_core = bind_engine_core
         self.args = args
         self.url = url
         # llmserve's HTTP API, when the server has one.
@@ -93,6 +97,8 @@ class ServerProcess:
                                    f"see {self.log_path}")
             time.sleep(0.5)
         logger.info("%s ready (pid %d)", self.name, self.pid)
+        if self.bind_engine_core:
+            bind_engine_core_to_workers(self.pid)
         return self
 
     def stop(self) -> None:
@@ -168,7 +174,8 @@ def vllm_openai_server(model: Path, log_dir: Path, stream_interval: int = 1) -> 
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", HOST,
             "--port", str(port), "--model", str(model), *engine_args(stream_interval)]
     return ServerProcess("vllm-serve", args, lambda: http_ok(f"http://{HOST}:{port}/v1/models"),
-                         log_dir / "vllm-serve.log", f"openai://{HOST}:{port}", ENGINE_ENV)
+                         log_dir / "vllm-serve.log", f"openai://{HOST}:{port}", ENGINE_ENV,
+                         bind_engine_core=True)
 
 
 def bench_grpc_server(module: str, log_dir: Path, key: str,
