@@ -80,25 +80,21 @@ class FakeEngine:
     def _next_token(self, index: int, position: int) -> int:
         return self.text[(position + index) % len(self.text)] + BYTE_OFFSET
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        steps = self._steps(request)
+        return _read_merged(steps) if self.merge_unread_outputs and request.stream else steps
+
+    async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        # One generator per token stream, and nothing per token that a frontend benchmark
+        # would count as the frontend's cost.
         if self._dead:
             raise EngineDeadError()
         if self.failure is not None:
             raise self.failure
         self.requests.append(request)
         self.running.add(request.request_id)
-        try:
-            if self.merge_unread_outputs and request.stream:
-                async for output in _read_merged(self._steps(request)):
-                    yield output
-            else:
-                async for output in self._steps(request):
-                    yield output
-        finally:
-            self.running.discard(request.request_id)
-
-    async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
         completions = [_FakeCompletion(i) for i in range(request.n)]
+        unfinished = list(completions)
         # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
         interval = request.stream_interval or 1
         prompt_logprobs = self._prompt_logprobs(request)
@@ -106,29 +102,33 @@ class FakeEngine:
         # reader's writes give other requests their turn); unary requests and merging streams
         # still let the event loop run between steps.
         pace = bool(self.token_delay) or not request.stream or self.merge_unread_outputs
-        while not all(c.finish_reason for c in completions):
-            if pace:
-                await asyncio.sleep(self.token_delay)
-            if self._dead:
-                raise EngineDeadError()
-            for c in completions:
-                if not c.finish_reason:
+        try:
+            while unfinished:
+                if pace:
+                    await asyncio.sleep(self.token_delay)
+                if self._dead:
+                    raise EngineDeadError()
+                for c in unfinished:
                     self._step(request, c)
-            finished = all(c.finish_reason for c in completions)
-            due = [c for c in completions if c.is_due(interval)]
-            if request.stream and due:
-                output = GenerationOutput(
-                    completions=[c.take_delta() for c in due],
-                    finished=finished, prompt_logprobs=prompt_logprobs,
-                    queued_seconds=0.0 if finished else None,
+                unfinished = [c for c in unfinished if c.finish_reason is None]
+                if not request.stream:
+                    continue
+                due = [c for c in completions if c.is_due(interval)]
+                if due:
+                    finished = not unfinished
+                    yield GenerationOutput(
+                        completions=[c.take_delta() for c in due],
+                        finished=finished, prompt_logprobs=prompt_logprobs,
+                        queued_seconds=0.0 if finished else None,
+                    )
+                    prompt_logprobs = None
+            if not request.stream:
+                yield GenerationOutput(
+                    completions=[c.whole() for c in completions], finished=True,
+                    prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
                 )
-                prompt_logprobs = None
-                yield output
-        if not request.stream:
-            yield GenerationOutput(
-                completions=[c.whole() for c in completions], finished=True,
-                prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
-            )
+        finally:
+            self.running.discard(request.request_id)
 
     def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> None:
         position = len(c.token_ids)
@@ -137,12 +137,14 @@ class FakeEngine:
         if (can_stop and not request.ignore_eos and self.eos_after is not None
                 and position >= self.eos_after):
             token = EOS
-        c.append(token, self.detokenize([token]), request.logprobs)
+        c.append(token, bytes((token - BYTE_OFFSET,)).decode(errors="replace")
+                 if token >= BYTE_OFFSET else "", request.logprobs)
         if can_stop and token == EOS:
             c.finish(FinishReason.EOS, None, text_cut=0)
         elif can_stop and token in request.stop_token_ids:
             c.finish(FinishReason.STOP, token, text_cut=1)
-        elif can_stop and (stop := next((s for s in request.stop if s in c.text), None)):
+        elif can_stop and request.stop and (
+                stop := next((s for s in request.stop if s in c.text), None)):
             cut = 0 if request.include_stop_str_in_output else len(stop)
             c.finish(FinishReason.STOP_SEQUENCE, stop, text_cut=cut)
         elif len(c.token_ids) >= request.max_tokens:
