@@ -323,12 +323,14 @@ CATEGORIES = (
     ("logging/", "logging"),
     ("asyncio/", "asyncio event loop"),
     ("concurrent/futures/", "thread pool hand-offs"),
-    ("threading.py", "thread pool hand-offs"),
+    # A thread whose Python stack ends in Thread.run: grpc's completion-queue poller (Cython).
+    ("threading.py", "threads: grpc's completion-queue poller"),
     ("copy.py", "copy.deepcopy (vLLM SamplingParams.clone)"),
 )
 # Frames every stack of a thread runs through: they say nothing about where time goes.
-GENERIC_FRAMES = ("(asyncio/", "(<frozen runpy>", "(threading.py", "(concurrent/futures/",
-                  "(llmserve/cli.py", "(llmserve/__main__.py")
+GENERIC_FRAMES = ("(asyncio/", "(uvloop/", "(<frozen runpy>", "(threading.py",
+                  "(concurrent/futures/", "(llmserve/cli.py", "(llmserve/event_loop.py",
+                  "(llmserve/__main__.py")
 
 
 def _category(frame_name: str) -> str:
