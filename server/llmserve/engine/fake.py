@@ -137,8 +137,7 @@ class FakeEngine:
         if (can_stop and not request.ignore_eos and self.eos_after is not None
                 and position >= self.eos_after):
             token = EOS
-        c.append(token, bytes((token - BYTE_OFFSET,)).decode(errors="replace")
-                 if token >= BYTE_OFFSET else "", request.logprobs)
+        c.append(token, self.detokenize([token]), request.logprobs)
         if can_stop and token == EOS:
             c.finish(FinishReason.EOS, None, text_cut=0)
         elif can_stop and token in request.stop_token_ids:
