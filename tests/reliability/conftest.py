@@ -59,6 +59,24 @@ def idle(metrics: Metrics) -> bool:
             and metrics.value("llmserve_requests_in_flight") == 0)
 
 
+def idle_baseline_scrape(server: ServerProcess, steady_seconds: float = 1.0,
+                         timeout: float = 60) -> Metrics:
+    """An idle scrape to compare later ones with. The last call's own tasks (grpc.aio's handler
+    of a call whose client already has its answer) can still be winding down at the first idle
+    scrape, so the task count must also hold for `steady_seconds` (a CI run once took a baseline
+    two tasks too high)."""
+    deadline = time.monotonic() + timeout
+    previous = wait_for(server, idle, timeout)
+    while time.monotonic() < deadline:
+        time.sleep(steady_seconds)
+        metrics = scrape(server)
+        if idle(metrics) and idle(previous) and (metrics.value("llmserve_asyncio_tasks")
+                                                 == previous.value("llmserve_asyncio_tasks")):
+            return metrics
+        previous = metrics
+    raise AssertionError(f"the server did not settle idle within {timeout} s")
+
+
 @pytest.fixture(scope="package")
 def limited_server(tiny_llama, tmp_path_factory):
     """The tiny model behind `--max-queued-requests`, shared by the load tests."""

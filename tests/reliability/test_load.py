@@ -13,7 +13,14 @@ import pytest
 
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import pb as llm_pb
-from tests.reliability.conftest import ADMISSION_LIMIT, Metrics, idle, scrape, wait_for
+from tests.reliability.conftest import (
+    ADMISSION_LIMIT,
+    Metrics,
+    idle,
+    idle_baseline_scrape,
+    scrape,
+    wait_for,
+)
 from tests.reliability.results import record
 
 pytestmark = pytest.mark.e2e
@@ -64,9 +71,7 @@ def idle_baseline(server) -> Metrics:
             await stub.Generate(llm_pb.GenerateRequest(text="warm up", max_tokens=4),
                                 timeout=LONG_DEADLINE)
     asyncio.run(warm_up())
-    before = wait_for(server, idle)
-    assert idle(before)
-    return before
+    return idle_baseline_scrape(server)
 
 
 def deltas(before: Metrics, after: Metrics, name: str, label: str) -> dict[str, float]:

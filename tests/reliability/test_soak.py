@@ -18,7 +18,7 @@ import pytest
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import pb as llm_pb
 from tests.e2e.conftest import stopped_cleanly
-from tests.reliability.conftest import idle, scrape, wait_for
+from tests.reliability.conftest import idle_baseline_scrape, scrape
 from tests.reliability.results import record
 from tests.support.processes import ServerProcess
 
@@ -102,8 +102,7 @@ class Load:
 
 def measure(server: ServerProcess) -> dict:
     """RSS and open fds of the server process, its asyncio tasks, at idle."""
-    metrics = wait_for(server, idle)
-    assert idle(metrics)
+    metrics = idle_baseline_scrape(server)
     process = psutil.Process(server.process.pid)
     return {"rss_mib": round(process.memory_info().rss / 2**20, 1),
             "open_fds": process.num_fds(),
