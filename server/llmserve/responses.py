@@ -1,6 +1,7 @@
 """Engine outputs → GenerateResponse messages, for streams (one per delta) and unary calls."""
 
 import time
+from collections.abc import Iterable
 
 from llmserve.engine.protocol import (
     CompletionDelta,
@@ -38,8 +39,8 @@ def _position_logprobs(position: PositionLogprobs | None) -> pb.PositionLogprobs
     )
 
 
-def _completion(delta: CompletionDelta, text: str) -> pb.Completion:
-    completion = pb.Completion(
+def _add_completion(response: pb.GenerateResponse, delta: CompletionDelta, text: str) -> None:
+    completion = response.completions.add(
         index=delta.index,
         text=text,
         token_ids=delta.token_ids,
@@ -49,7 +50,6 @@ def _completion(delta: CompletionDelta, text: str) -> pb.Completion:
         completion.logprobs.extend(_position_logprobs(p) for p in delta.logprobs)
     if delta.stop_reason is not None:
         completion.stop_reason = str(delta.stop_reason)
-    return completion
 
 
 class ResponseBuilder:
@@ -71,25 +71,30 @@ class ResponseBuilder:
         self._prompt_logprobs: list[PositionLogprobs | None] | None = None
 
     def _observe(self, output: GenerationOutput) -> None:
-        new_tokens = sum(len(c.token_ids) for c in output.completions)
+        new_tokens = 0
+        for delta in output.completions:
+            new_tokens += len(delta.token_ids)
+            if delta.finish_reason is not None:
+                self._unfinished.discard(delta.index)
         if new_tokens and self._first_token_at is None:
             self._first_token_at = time.monotonic()
         self.completion_tokens += new_tokens
-        self.cached_prompt_tokens = max(self.cached_prompt_tokens, output.num_cached_tokens)
+        if output.num_cached_tokens > self.cached_prompt_tokens:
+            self.cached_prompt_tokens = output.num_cached_tokens
         if output.queued_seconds is not None:
             self.queued_seconds = output.queued_seconds
-        for delta in output.completions:
-            if delta.finish_reason is not None:
-                self._unfinished.discard(delta.index)
 
     def _text_with_echo(self, delta: CompletionDelta) -> str:
+        """The prompt before the first text of each completion, when echo was asked for."""
         if self._echo_text is None or delta.index in self._echoed:
             return delta.text
         self._echoed.add(delta.index)
         return self._echo_text + delta.text
 
-    def _pb_completion(self, delta: CompletionDelta) -> pb.Completion:
-        return _completion(delta, self._text_with_echo(delta))
+    def _add_completions(self, response: pb.GenerateResponse,
+                         deltas: Iterable[CompletionDelta]) -> None:
+        for delta in deltas:
+            _add_completion(response, delta, self._text_with_echo(delta))
 
     def _finish(self, response: pb.GenerateResponse) -> pb.GenerateResponse:
         now = time.monotonic()
@@ -107,10 +112,9 @@ class ResponseBuilder:
 
     def stream_message(self, output: GenerationOutput) -> pb.GenerateResponse:
         self._observe(output)
-        response = pb.GenerateResponse(
-            request_id=self.request_id,
-            completions=[self._pb_completion(d) for d in output.completions],
-        )
+        # Completions are added in place: a Completion built apart is copied into its parent.
+        response = pb.GenerateResponse(request_id=self.request_id)
+        self._add_completions(response, output.completions)
         if output.prompt_logprobs is not None:
             response.prompt_logprobs.extend(_position_logprobs(p) for p in output.prompt_logprobs)
         return self._finish(response) if output.finished else response
@@ -141,10 +145,8 @@ class ResponseBuilder:
             for index in self._unfinished:
                 completions.setdefault(index, CompletionDelta(index=index, text="", token_ids=[])
                                        ).finish_reason = FinishReason.TIME_LIMIT
-        response = pb.GenerateResponse(
-            request_id=self.request_id,
-            completions=[self._pb_completion(c) for _, c in sorted(completions.items())],
-        )
+        response = pb.GenerateResponse(request_id=self.request_id)
+        self._add_completions(response, (c for _, c in sorted(completions.items())))
         if self._prompt_logprobs is not None:
             response.prompt_logprobs.extend(_position_logprobs(p) for p in self._prompt_logprobs)
         return self._finish(response)
