@@ -57,6 +57,8 @@ class FakeEngine:
         # Set to make every generate() fail (e.g. an error the server must map to a status).
         self.failure: BaseException | None = None
         self._dead = False
+        # Each token's own text, decoded once.
+        self._token_texts = [self.detokenize([t]) for t in range(self.model_info.vocab_size)]
 
     # Tokenizer.
 
@@ -76,9 +78,6 @@ class FakeEngine:
         return rendered + ("<|assistant|>" if add_generation_prompt else "")
 
     # Generation.
-
-    def _next_token(self, index: int, position: int) -> int:
-        return self.text[(position + index) % len(self.text)] + BYTE_OFFSET
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
         steps = self._steps(request)
@@ -108,9 +107,11 @@ class FakeEngine:
                     await asyncio.sleep(self.token_delay)
                 if self._dead:
                     raise EngineDeadError()
+                finished_one = False
                 for c in unfinished:
-                    self._step(request, c)
-                unfinished = [c for c in unfinished if c.finish_reason is None]
+                    finished_one |= self._step(request, c)
+                if finished_one:
+                    unfinished = [c for c in unfinished if c.finish_reason is None]
                 if not request.stream:
                     continue
                 due = [c for c in completions if c.is_due(interval)]
@@ -130,14 +131,15 @@ class FakeEngine:
         finally:
             self.running.discard(request.request_id)
 
-    def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> None:
+    def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> bool:
+        """Appends completion `c`'s next token; returns whether that finished it."""
         position = len(c.token_ids)
-        token = self._next_token(c.index, position)
+        token = self.text[(position + c.index) % len(self.text)] + BYTE_OFFSET
         can_stop = position >= request.min_tokens
         if (can_stop and not request.ignore_eos and self.eos_after is not None
                 and position >= self.eos_after):
             token = EOS
-        c.append(token, self.detokenize([token]), request.logprobs)
+        c.append(token, self._token_texts[token], request.logprobs)
         if can_stop and token == EOS:
             c.finish(FinishReason.EOS, None, text_cut=0)
         elif can_stop and token in request.stop_token_ids:
@@ -148,6 +150,7 @@ class FakeEngine:
             c.finish(FinishReason.STOP_SEQUENCE, stop, text_cut=cut)
         elif len(c.token_ids) >= request.max_tokens:
             c.finish(FinishReason.LENGTH, None, text_cut=0)
+        return c.finish_reason is not None
 
     def _prompt_logprobs(self, request: GenerationRequest) -> list[PositionLogprobs | None] | None:
         if request.prompt_logprobs is None:
@@ -212,14 +215,10 @@ class _FakeCompletion:
                                or unsent >= interval)
 
     def take_delta(self) -> CompletionDelta:
-        delta = CompletionDelta(
-            index=self.index,
-            text=self.text[self._sent_text:],
-            token_ids=self.token_ids[self._sent_tokens:],
-            logprobs=self.logprobs[self._sent_tokens:] or None,
-            finish_reason=self.finish_reason,
-            stop_reason=self.stop_reason,
-        )
+        sent = self._sent_tokens
+        delta = CompletionDelta(self.index, self.text[self._sent_text:], self.token_ids[sent:],
+                                self.logprobs[sent:] if self.logprobs else None,
+                                self.finish_reason, self.stop_reason)
         self._sent_tokens, self._sent_text = len(self.token_ids), len(self.text)
         return delta
 
