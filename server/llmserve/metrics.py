@@ -26,7 +26,8 @@ REQUEST_SIZE = Histogram("llmserve_request_size_bytes", "Serialized request size
                          ["rpc"], buckets=SIZE_BUCKETS)
 RESPONSE_SIZE = Histogram("llmserve_response_size_bytes", "Serialized size of unary responses, "
                           "by RPC.", ["rpc"], buckets=SIZE_BUCKETS)
-STREAM_MESSAGES = Counter("llmserve_stream_messages", "Messages sent on StreamGenerate streams.")
+STREAM_MESSAGES = Counter("llmserve_stream_messages", "Messages sent on StreamGenerate streams "
+                          "(counted when each stream ends).")
 ADMISSION_REJECTIONS = Counter("llmserve_admission_rejections",
                                "Requests refused because --max-queued-requests was reached.")
 CANCELLATIONS = Counter("llmserve_cancellations", "Requests cancelled by the client (the engine "
