@@ -1,9 +1,15 @@
 """llmserve-bench's load generator against the in-process fake-engine server: counts only."""
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 
 from llmserve.engine.fake import FakeEngine
@@ -136,3 +142,41 @@ def test_suite_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit):
         bench_main(["suite", "--repeats", "0"])
     assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_terminated_suite_stops_the_servers_it_started(tmp_path):
+    """SIGTERM while the suite starts its first (frontend-only) server: the suite exits and
+    leaves no process behind."""
+    args = [sys.executable, "-m", "llmserve_client.bench", "suite", "--models", "--quick",
+            "--no-profile", "--work-dir", str(tmp_path), "--json", str(tmp_path / "bench.json"),
+            "--markdown", str(tmp_path / "BENCHMARKS.md"), "--plot", str(tmp_path / "bench.png")]
+    suite = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    descendants: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while suite.poll() is None and time.monotonic() < deadline:
+            descendants = psutil.Process(suite.pid).children(recursive=True)
+            if any("llmserve_client.bench.fake_server" in _command_line(p) for p in descendants):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the suite started no fake-engine server")
+        suite.send_signal(signal.SIGTERM)
+        assert suite.wait(60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        assert alive == []
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+            suite.wait()
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
+def _command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return ""

@@ -10,6 +10,7 @@
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,9 +118,16 @@ def inprocess_command(args: argparse.Namespace) -> int:
     return 1 if any(r["errors"] for r in results) else 0
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def suite_command(args: argparse.Namespace) -> int:
     from llmserve_client.bench.suite import run_suite
 
+    # A SIGTERM (`kill`, a cancelled CI job) ends the suite as Ctrl-C does: on the way out it
+    # stops the servers it started and the in-process engine's process group.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return run_suite(args)
 
 
@@ -157,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     suite = commands.add_parser("suite", help="Every target one after another; BENCHMARKS.md.")
     suite.add_argument("--quick", action="store_true",
                        help="A short, noisy run: C=1 and 16, few requests.")
-    suite.add_argument("--models", nargs="+", default=["smollm2", "tiny"],
-                       choices=["smollm2", "tiny"])
+    suite.add_argument("--models", nargs="*", default=["smollm2", "tiny"],
+                       choices=["smollm2", "tiny"],
+                       help="The real-engine groups to run (none: only the frontend-only one).")
     suite.add_argument("--concurrency", type=int, nargs="+", default=None,
                        help=f"Default {list(DEFAULT_CONCURRENCY)} "
                             f"(--quick: {list(QUICK_CONCURRENCY)}).")

@@ -149,18 +149,17 @@ class Suite:
     def _server(self, model: str, target_keys: Sequence[str], server: ServerProcess,
                 measure) -> None:
         try:
-            server.start()
-        except Exception as exc:
-            logger.exception("%s failed to start", server.name)
-            for key in target_keys:
-                self.runs.append({"model": model, "target": key, "levels": [],
-                                  "error": f"server failed to start: {exc}"[:300]})
-            server.stop()
-            return
-        try:
+            try:
+                server.start()
+            except Exception as exc:
+                logger.exception("%s failed to start", server.name)
+                for key in target_keys:
+                    self.runs.append({"model": model, "target": key, "levels": [],
+                                      "error": f"server failed to start: {exc}"[:300]})
+                return
             measure(server)
         finally:
-            server.stop()
+            server.stop()  # also when the suite is interrupted while the server starts
 
     def run_model(self, key: str) -> None:
         model = model_dir(key)
