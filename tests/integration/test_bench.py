@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -19,6 +18,7 @@ from llmserve_client.bench.prompts import output_lengths, prompt_set
 from llmserve_client.bench.report import write_report
 from llmserve_client.bench.targets import open_target
 from tests.integration.conftest import ThreadedServer
+from tests.integration.test_server import wait_until
 
 OUTPUT_LEN = 8
 
@@ -153,15 +153,13 @@ def test_a_terminated_suite_stops_the_servers_it_started(tmp_path):
     suite = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     descendants: list[psutil.Process] = []
+
+    def fake_server_started() -> bool:
+        descendants[:] = psutil.Process(suite.pid).children(recursive=True)
+        return any("llmserve_client.bench.fake_server" in _command_line(p) for p in descendants)
+
     try:
-        deadline = time.monotonic() + 60
-        while suite.poll() is None and time.monotonic() < deadline:
-            descendants = psutil.Process(suite.pid).children(recursive=True)
-            if any("llmserve_client.bench.fake_server" in _command_line(p) for p in descendants):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the suite started no fake-engine server")
+        assert wait_until(fake_server_started, timeout=60), "the suite started no fake server"
         suite.send_signal(signal.SIGTERM)
         assert suite.wait(60) == 128 + signal.SIGTERM
         _, alive = psutil.wait_procs(descendants, timeout=30)
