@@ -28,7 +28,7 @@ def serve(args: argparse.Namespace) -> int:
     from llmserve.reaper import start_reaper
 
     config = ServerConfig.from_args(args)
-    configure_logging(config.log_level, config.log_format)
+    configure_logging(config.log_level, config.log_format, config.access_log)
     start_reaper()
     resolve_model(args)
     engine_args = AsyncEngineArgs.from_cli_args(args)

@@ -38,12 +38,12 @@ from llmserve.errors import (
     status_for,
 )
 from llmserve.generation import Generation, ServerState
-from llmserve.logs import request_id_var
+from llmserve.logs import ACCESS_LOGGER, request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.validation import check_request_id, request_id_or_new
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("llmserve.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER = "x-request-id"
 # 499 is nginx's "client closed request": logged, never seen by the client.

@@ -6,6 +6,9 @@ import logging
 import sys
 import time
 
+# One line per finished request (gRPC and HTTP), at INFO.
+ACCESS_LOGGER = "llmserve.access"
+
 # Set by the servicer for the duration of an RPC; asyncio copies it into tasks the RPC starts.
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -39,11 +42,15 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configures the root logger (llmserve's and vLLM's lines) for `text` or `json` output."""
+def configure_logging(level: str = "INFO", fmt: str = "text", access_log: bool = True) -> None:
+    """Configures the root logger (llmserve's and vLLM's lines) for `text` or `json` output.
+
+    Without `access_log`, the access logger drops its INFO lines before building them.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET if access_log else logging.WARNING)

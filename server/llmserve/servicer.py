@@ -19,13 +19,13 @@ from llmserve.errors import (
     status_for,
 )
 from llmserve.generation import ServerState
-from llmserve.logs import request_id_var
+from llmserve.logs import ACCESS_LOGGER, request_id_var
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve.validation import chat_turns, check_request_id, check_token_ids, request_id_or_new
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("llmserve.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 
 SERVER_NAME = "llmserve"
 REQUEST_ID_KEY = "x-request-id"

@@ -23,8 +23,8 @@ def server_config(**overrides) -> ServerConfig:
                   max_message_bytes=4 * 1024 * 1024, default_max_tokens=16, max_n=4,
                   shutdown_grace_seconds=5.0, max_queued_requests=None, tls_cert=None,
                   tls_key=None, tls_client_ca=None, api_key=[], api_key_file=None,
-                  log_level="INFO", log_format="text", event_loop="uvloop",
-                  bind_engine_core=True)
+                  log_level="INFO", log_format="text", access_log=True,
+                  event_loop="uvloop", bind_engine_core=True)
     return ServerConfig(**{**values, **overrides})
 
 

@@ -56,6 +56,12 @@ def test_false_environment_values_turn_boolean_flags_off():
     assert not args.enforce_eager
 
 
+def test_the_access_log_is_on_unless_turned_off():
+    assert ServerConfig.from_args(parse([], {})).access_log
+    assert not ServerConfig.from_args(parse(["--no-access-log"], {})).access_log
+    assert not ServerConfig.from_args(parse([], {"LLMSERVE_ACCESS_LOG": "false"})).access_log
+
+
 def test_command_line_wins_over_environment():
     assert parse(["--port", "7000"], {"LLMSERVE_PORT": "9001"}).port == 7000
     assert parse(["--port=7000"], {"LLMSERVE_PORT": "9001"}).port == 7000
