@@ -305,7 +305,10 @@ def test_slow_consumer_does_not_hold_up_others_and_expires(limited_server):
 # Overload.
 
 OVERLOAD_CALLS = 4 * ADMISSION_LIMIT
-OVERLOAD_TOKENS = 128
+# Long enough that every call reaches the server before the first admitted one ends: here the
+# refusals all arrive within 0.8 s, the first admitted call ends after ~7.5 s (at 128 tokens it
+# ended after 1.3 s, and a busy machine once let 25 late calls in).
+OVERLOAD_TOKENS = 512
 
 
 async def overload(target: str) -> list[tuple[int, str, int, str]]:
