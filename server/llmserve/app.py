@@ -42,7 +42,7 @@ EngineFactory = Callable[[], Awaitable[Engine]]
 
 def grpc_server_options(config: ServerConfig) -> list[tuple[str, int | bool]]:
     """Every gRPC server option we set, in one place."""
-    return [
+    options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         # A second server on the same port must fail to start, not silently share it.
@@ -53,6 +53,19 @@ def grpc_server_options(config: ServerConfig) -> list[tuple[str, int | bool]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", True),
     ]
+    if config.keepalive_seconds > 0:
+        # Our own pings find clients that vanished without closing their connection (machine
+        # or network gone): their calls are cancelled and their engine requests aborted,
+        # instead of generating for nobody. Unlimited pings without data: a unary Generate
+        # sends no data until its end.
+        options += [
+            ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+            # Newer gRPC cores time a ping's answer by this one (default a minute).
+            ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    return options
 
 
 class LlmServer:

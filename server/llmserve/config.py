@@ -35,6 +35,8 @@ class ServerConfig:
     default_max_tokens: int
     max_n: int
     shutdown_grace_seconds: float
+    keepalive_seconds: float
+    keepalive_timeout_seconds: float
     max_queued_requests: int | None
     tls_cert: Path | None
     tls_key: Path | None
@@ -64,6 +66,8 @@ def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             parser.error(f"--{flag.replace('_', '-')}: no such file: {path}")
+    if args.keepalive_seconds < 0 or args.keepalive_timeout_seconds <= 0:
+        parser.error("--keepalive-seconds must be >= 0 and --keepalive-timeout-seconds > 0")
     if args.max_queued_requests is not None and args.max_queued_requests < 1:
         parser.error("--max-queued-requests must be >= 1")
 
@@ -93,6 +97,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                        help="On SIGTERM, how long in-flight requests may run before they are "
                             "aborted (default %(default)s).")
+    group.add_argument("--keepalive-seconds", type=float, default=60.0,
+                       help="Ping each gRPC connection after this long without news from its "
+                            "client (HTTP/2 keepalive), so a client whose machine or network is "
+                            "gone is noticed and its requests are aborted (default %(default)s; "
+                            "0 disables).")
+    group.add_argument("--keepalive-timeout-seconds", type=float, default=20.0,
+                       help="How long a keepalive ping may go unanswered before the connection "
+                            "is closed and its calls cancelled (default %(default)s).")
     group.add_argument("--max-queued-requests", type=int, default=None,
                        help="Most generation requests held at once (running + waiting in the "
                             "engine); more are refused at once with RESOURCE_EXHAUSTED "

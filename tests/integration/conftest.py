@@ -21,7 +21,8 @@ MODEL_NAME = "fake-model"
 def server_config(**overrides) -> ServerConfig:
     values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=0, max_concurrent_rpcs=None,
                   max_message_bytes=4 * 1024 * 1024, default_max_tokens=16, max_n=4,
-                  shutdown_grace_seconds=5.0, max_queued_requests=None, tls_cert=None,
+                  shutdown_grace_seconds=5.0, keepalive_seconds=60.0,
+                  keepalive_timeout_seconds=20.0, max_queued_requests=None, tls_cert=None,
                   tls_key=None, tls_client_ca=None, api_key=[], api_key_file=None,
                   log_level="INFO", log_format="text", access_log=True,
                   event_loop="uvloop", bind_engine_core=True)

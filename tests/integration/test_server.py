@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from llmserve.engine.fake import FakeEngine
 from llmserve.v1 import llmserve_pb2 as pb
@@ -19,6 +20,7 @@ from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import AsyncLlmClient, LlmClient, full_text
 from llmserve_client.cli import main as client_main
 from tests.integration.conftest import ThreadedServer
+from tests.support.proxy import FreezableProxy
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
@@ -104,6 +106,33 @@ def test_deadline_is_deadline_exceeded_and_aborts(fake_engine, server):
         assert excinfo.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert wait_until(lambda: len(fake_engine.aborted) == 2)
     assert sorted(fake_engine.aborted) == sorted(r.request_id for r in fake_engine.requests)
+
+
+@pytest.mark.parametrize("rpc", ["Generate", "StreamGenerate"])
+def test_a_vanished_client_is_found_by_keepalive_and_its_request_aborted(rpc):
+    engine = FakeEngine(token_delay=0.05)
+    server = ThreadedServer(engine, keepalive_seconds=1.0, keepalive_timeout_seconds=1.0).start()
+    cancelled_before = REGISTRY.get_sample_value(
+        "llmserve_requests_total", {"rpc": rpc, "code": "CANCELLED"}) or 0.0
+    try:
+        with FreezableProxy(server.server.port) as proxy, \
+                grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+            request = pb.GenerateRequest(text="Hi", max_tokens=500)
+            if rpc == "Generate":
+                call = pb_grpc.LlmServiceStub(channel).Generate.future(request)
+            else:
+                call = pb_grpc.LlmServiceStub(channel).StreamGenerate(request)
+                next(call)
+            assert wait_until(lambda: engine.running)
+            proxy.freeze()  # no FIN, no RST: the client's machine is just gone
+            # Unanswered pings (1 s apart, 1 s to answer) end the call long before its 25 s.
+            assert wait_until(lambda: engine.aborted, timeout=15)
+            call.cancel()
+        assert engine.aborted == [engine.requests[0].request_id]
+        assert wait_until(lambda: REGISTRY.get_sample_value(
+            "llmserve_requests_total", {"rpc": rpc, "code": "CANCELLED"}) == cancelled_before + 1)
+    finally:
+        server.stop()
 
 
 def test_status_codes_over_the_wire(fake_engine, server):

@@ -7,7 +7,7 @@ import pytest
 
 from llmserve import event_loop
 from llmserve.cli import build_parser
-from llmserve.config import ServerConfig, env_name, with_env_arguments
+from llmserve.config import ServerConfig, check_server_arguments, env_name, with_env_arguments
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -60,6 +60,30 @@ def test_the_access_log_is_on_unless_turned_off():
     assert ServerConfig.from_args(parse([], {})).access_log
     assert not ServerConfig.from_args(parse(["--no-access-log"], {})).access_log
     assert not ServerConfig.from_args(parse([], {"LLMSERVE_ACCESS_LOG": "false"})).access_log
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tls-cert", "server.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-client-ca", "ca.pem"], "--tls-client-ca (mutual TLS) needs --tls-cert"),
+    (["--api-key-file", "missing-keys.txt"], "--api-key-file: no such file: missing-keys.txt"),
+    (["--max-queued-requests", "0"], "--max-queued-requests must be >= 1"),
+    (["--keepalive-seconds", "-1"], "--keepalive-seconds must be >= 0"),
+    (["--keepalive-timeout-seconds", "0"], "--keepalive-timeout-seconds > 0"),
+])
+def test_inconsistent_flags_are_refused_with_the_rule(argv, message, capsys):
+    parser = serve_parser()
+    args = parser.parse_args(argv)
+    with pytest.raises(SystemExit):
+        check_server_arguments(parser, args)
+    assert message in capsys.readouterr().err
+
+
+def test_keepalive_is_on_by_default_and_can_be_turned_off():
+    config = ServerConfig.from_args(parse([], {}))
+    assert (config.keepalive_seconds, config.keepalive_timeout_seconds) == (60.0, 20.0)
+    args = parse(["--keepalive-seconds", "0"], {})
+    check_server_arguments(serve_parser(), args)
+    assert ServerConfig.from_args(args).keepalive_seconds == 0
 
 
 def test_command_line_wins_over_environment():
