@@ -61,7 +61,8 @@ def grpc_server_options(config: ServerConfig) -> list[tuple[str, int | bool]]:
         options += [
             ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
             ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
-            # Newer gRPC cores time a ping's answer by this one (default a minute).
+            # grpcio 1.85 waits this long for a keepalive ping's answer (default a minute),
+            # whatever keepalive_timeout_ms says.
             ("grpc.http2.ping_timeout_ms", int(config.keepalive_timeout_seconds * 1000)),
             ("grpc.http2.max_pings_without_data", 0),
         ]
