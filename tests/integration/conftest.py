@@ -5,6 +5,7 @@ A thread of its own lets tests use the sync client, the asyncio client and subpr
 """
 
 import asyncio
+import dataclasses
 import threading
 from concurrent.futures import Future
 
@@ -12,6 +13,7 @@ import pytest
 import uvloop
 
 from llmserve.app import LlmServer
+from llmserve.cli import build_parser
 from llmserve.config import ServerConfig
 from llmserve.engine.fake import FakeEngine
 
@@ -19,14 +21,13 @@ MODEL_NAME = "fake-model"
 
 
 def server_config(**overrides) -> ServerConfig:
-    values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=0, max_concurrent_rpcs=None,
+    """`llmserve serve`'s defaults (from its own parser), on loopback and with small limits."""
+    _, serve_parser = build_parser(with_engine_arguments=False)
+    defaults = ServerConfig.from_args(serve_parser.parse_args([]))
+    values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=0,
                   max_message_bytes=4 * 1024 * 1024, default_max_tokens=16, max_n=4,
-                  shutdown_grace_seconds=5.0, keepalive_seconds=60.0,
-                  keepalive_timeout_seconds=20.0, max_queued_requests=None, tls_cert=None,
-                  tls_key=None, tls_client_ca=None, api_key=[], api_key_file=None,
-                  log_level="INFO", log_format="text", access_log=True,
-                  event_loop="uvloop", bind_engine_core=True)
-    return ServerConfig(**{**values, **overrides})
+                  shutdown_grace_seconds=5.0)
+    return dataclasses.replace(defaults, **{**values, **overrides})
 
 
 class ThreadedServer:

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.engine.fake import FakeEngine
-from llmserve.logs import JsonFormatter, RequestIdFilter
+from llmserve.logs import ACCESS_LOGGER, JsonFormatter, RequestIdFilter
 from llmserve_client import AsyncLlmClient, LlmClient, TlsConfig
 from tests.integration.conftest import ThreadedServer
 from tests.integration.test_server import wait_until
@@ -161,7 +161,7 @@ def test_json_log_lines_carry_the_request_id(server):
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter())
-    access_logger = logging.getLogger("llmserve.access")
+    access_logger = logging.getLogger(ACCESS_LOGGER)
     access_logger.addHandler(handler)
     access_logger.setLevel(logging.INFO)
     try:
