@@ -84,52 +84,61 @@ class FakeEngine:
         return _read_merged(steps) if self.merge_unread_outputs and request.stream else steps
 
     async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
-        # One generator per token stream, and nothing per token that a frontend benchmark
-        # would count as the frontend's cost.
         if self._dead:
             raise EngineDeadError()
         if self.failure is not None:
             raise self.failure
         self.requests.append(request)
         self.running.add(request.request_id)
-        completions = [_FakeCompletion(i) for i in range(request.n)]
-        unfinished = list(completions)
-        # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
-        interval = request.stream_interval or 1
-        prompt_logprobs = self._prompt_logprobs(request)
+        # Decoded at once, then handed out one step at a time: per token, a stream only yields
+        # (nothing a frontend benchmark would count as the frontend's cost).
+        steps = self._decode(request)
         # Each step waits token_delay. With none, a plain stream yields tokens instantly (its
         # reader's writes give other requests their turn); unary requests and merging streams
         # still let the event loop run between steps.
         pace = bool(self.token_delay) or not request.stream or self.merge_unread_outputs
         try:
-            while unfinished:
+            for output in steps:
                 if pace:
                     await asyncio.sleep(self.token_delay)
                 if self._dead:
                     raise EngineDeadError()
-                finished_one = False
-                for c in unfinished:
-                    finished_one |= self._step(request, c)
-                if finished_one:
-                    unfinished = [c for c in unfinished if c.finish_reason is None]
-                if not request.stream:
-                    continue
-                due = [c for c in completions if c.is_due(interval)]
-                if due:
-                    finished = not unfinished
-                    yield GenerationOutput(
-                        completions=[c.take_delta() for c in due],
-                        finished=finished, prompt_logprobs=prompt_logprobs,
-                        queued_seconds=0.0 if finished else None,
-                    )
-                    prompt_logprobs = None
-            if not request.stream:
-                yield GenerationOutput(
-                    completions=[c.whole() for c in completions], finished=True,
-                    prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
-                )
+                if output is not None:
+                    yield output
         finally:
             self.running.discard(request.request_id)
+
+    def _decode(self, request: GenerationRequest) -> list[GenerationOutput | None]:
+        """Every step of the request: its output, or None when it sends nothing."""
+        completions = [_FakeCompletion(i) for i in range(request.n)]
+        unfinished = list(completions)
+        # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
+        interval = request.stream_interval or 1
+        prompt_logprobs = self._prompt_logprobs(request)
+        steps: list[GenerationOutput | None] = []
+        while unfinished:
+            finished_one = False
+            for c in unfinished:
+                finished_one |= self._step(request, c)
+            if finished_one:
+                unfinished = [c for c in unfinished if c.finish_reason is None]
+            due = [c for c in completions if c.is_due(interval)] if request.stream else None
+            if not due:
+                steps.append(None)
+                continue
+            finished = not unfinished
+            steps.append(GenerationOutput(
+                completions=[c.take_delta() for c in due],
+                finished=finished, prompt_logprobs=prompt_logprobs,
+                queued_seconds=0.0 if finished else None,
+            ))
+            prompt_logprobs = None
+        if not request.stream:
+            steps[-1] = GenerationOutput(
+                completions=[c.whole() for c in completions], finished=True,
+                prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
+            )
+        return steps
 
     def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> bool:
         """Appends completion `c`'s next token; returns whether that finished it."""
