@@ -16,6 +16,7 @@ from llmserve_client.bench.cli import main as bench_main
 from llmserve_client.bench.loadgen import LoadSpec, run_levels
 from llmserve_client.bench.prompts import output_lengths, prompt_set
 from llmserve_client.bench.report import write_report
+from llmserve_client.bench.servers import ServerProcess
 from llmserve_client.bench.targets import open_target
 from tests.integration.conftest import ThreadedServer
 from tests.integration.test_server import wait_until
@@ -178,3 +179,14 @@ def _command_line(process: psutil.Process) -> str:
         return " ".join(process.cmdline())
     except psutil.NoSuchProcess:
         return ""
+
+
+def test_bench_servers_share_the_benchmarks_session_in_a_group_of_their_own(tmp_path):
+    """Stoppable as one group; the same session, so the same scheduler autogroup as the load
+    generator (a session of its own would cap a server at half the cores)."""
+    server = ServerProcess("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                           lambda: True, tmp_path / "sleeper.log", "grpc://unused")
+    with server:
+        assert os.getpgid(server.pid) == server.pid != os.getpgid(0)
+        assert os.getsid(server.pid) == os.getsid(0)
+    assert server.process.poll() is not None

@@ -30,6 +30,7 @@ from llmserve_client.bench.cli import (
 )
 from llmserve_client.bench.loadgen import run_async, run_levels
 from llmserve_client.bench.servers import (
+    SAME_SESSION_NEW_GROUP,
     ServerProcess,
     bench_grpc_server,
     llmserve_has_http,
@@ -112,7 +113,7 @@ def load_inprocess(model: Path, flags: Sequence[str], work_dir: Path,
     logger.info("in-process AsyncLLM: %s", " ".join(args))
     with (work_dir / f"inprocess-{model.name}.log").open("wb") as log:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log,
-                                   start_new_session=True)
+                                   process_group=SAME_SESSION_NEW_GROUP)
         try:
             process.wait(INPROCESS_TIMEOUT_SECONDS)
         finally:
