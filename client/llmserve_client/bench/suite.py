@@ -48,7 +48,7 @@ MODEL_LABELS = {
 }
 # Requests per run: max(minimum, per_concurrency × C), per group, for full and --quick runs.
 BUDGETS = {
-    False: {"smollm2": (8, 1), "tiny": (32, 4), "frontend": (256, 8)},
+    False: {"smollm2": (8, 1), "tiny": (32, 4), "frontend": (2048, 16)},
     True: {"smollm2": (4, 1), "tiny": (8, 2), "frontend": (64, 4)},
 }
 # Frontend-only servers: (module, target key, arguments).
