@@ -10,7 +10,7 @@ import logging
 from llmserve import event_loop
 from llmserve.app import LlmServer
 from llmserve.cli import build_parser
-from llmserve.config import ServerConfig
+from llmserve.config import ServerConfig, with_env_arguments
 from llmserve.engine.fake import FakeEngine
 from llmserve.logs import configure_logging
 
@@ -22,12 +22,12 @@ MAX_MODEL_LEN = 8192
 
 
 def config(host: str, port: int) -> ServerConfig:
-    """`llmserve serve`'s defaults (from its own parser) on the given address: gRPC only."""
+    """`llmserve serve`'s defaults and LLMSERVE_* variables on the given address: gRPC only."""
     _, serve_parser = build_parser(with_engine_arguments=False)
     argv = ["--host", host, "--port", str(port), "--metrics-port", "0"]
     if "http_port" in ServerConfig.__slots__:
         argv += ["--http-port", "0"]
-    return ServerConfig.from_args(serve_parser.parse_args(argv))
+    return ServerConfig.from_args(serve_parser.parse_args(with_env_arguments(serve_parser, argv)))
 
 
 async def serve(server_config: ServerConfig, merge_unread_outputs: bool) -> int:
@@ -46,8 +46,9 @@ def main() -> None:
                         help="Stream like vLLM: tokens a stream has not sent yet go out together "
                              "in its next message (default: one message per token).")
     args = parser.parse_args()
-    configure_logging("INFO", "text")
     server_config = config(args.host, args.port)
+    configure_logging(server_config.log_level, server_config.log_format,
+                      server_config.access_log)
     raise SystemExit(event_loop.run(serve(server_config, args.merge_unread_outputs),
                                     server_config.event_loop))
 
