@@ -10,7 +10,7 @@ import logging
 from llmserve import event_loop
 from llmserve.app import LlmServer
 from llmserve.cli import build_parser
-from llmserve.config import ServerConfig, with_env_arguments
+from llmserve.config import ServerConfig, check_server_arguments, with_env_arguments
 from llmserve.engine.fake import FakeEngine
 from llmserve.logs import configure_logging
 
@@ -27,7 +27,9 @@ def config(host: str, port: int) -> ServerConfig:
     argv = ["--host", host, "--port", str(port), "--metrics-port", "0"]
     if "http_port" in ServerConfig.__slots__:
         argv += ["--http-port", "0"]
-    return ServerConfig.from_args(serve_parser.parse_args(with_env_arguments(serve_parser, argv)))
+    args = serve_parser.parse_args(with_env_arguments(serve_parser, argv))
+    check_server_arguments(serve_parser, args)
+    return ServerConfig.from_args(args)
 
 
 async def serve(server_config: ServerConfig, merge_unread_outputs: bool) -> int:
