@@ -139,6 +139,41 @@ def test_repeated_runs_keep_each_levels_median():
     assert median_levels(runs[:1]) == runs[0]
 
 
+def test_repeated_runs_keep_every_repeats_ttft_and_cpu():
+    from llmserve_client.bench.suite import median_levels
+
+    def level(tokens_per_s: float, ttft: float, cpu: float) -> dict:
+        return {"concurrency": 1, "output_tokens_per_s": tokens_per_s, "ttft_ms": {"p50": ttft},
+                "server_cpu_ms_per_token": cpu}
+
+    (median,) = median_levels([[level(10.0, 5.0, 0.3)], [level(30.0, 4.0, 0.1)],
+                               [level(20.0, 6.0, 0.2)]])
+
+    assert median["output_tokens_per_s"] == 20.0
+    assert median["repeats_ttft_p50_ms"] == [5.0, 4.0, 6.0]
+    assert median["repeats_server_cpu_ms_per_token"] == [0.3, 0.1, 0.2]
+
+
+def test_goal_verdicts_tell_a_decisive_fail_from_one_within_the_spread():
+    from llmserve_client.bench.report import Cell, Goal
+
+    at_least_twice = Goal("twice the reference", lambda a, b: a / b, lambda x: x >= 2,
+                          lambda x: f"{x:.1f}x")
+
+    passing = at_least_twice.check([Cell("C=1", 4.0, 1.0, (4.0, 5.0), (1.0, 1.5))])
+    # The medians fail (1.5x), but the best repeat against the worst one passes (3.0 / 1.0).
+    close = at_least_twice.check([Cell("C=1", 4.0, 1.0, (4.0,), (1.0,)),
+                                  Cell("C=16", 3.0, 2.0, (2.5, 3.0), (1.0, 2.0))])
+    decisive = at_least_twice.check([Cell("C=1", 3.0, 2.0, (3.0, 3.2), (1.9, 2.0))])
+
+    assert passing == ["- PASS: twice the reference (C=1 4.0x [2.7x to 5.0x])"]
+    assert close == ["- FAIL within the run-to-run spread: twice the reference "
+                     "(C=1 4.0x, C=16 1.5x [1.2x to 3.0x])"]
+    assert decisive == ["- FAIL: twice the reference (C=1 1.5x [1.5x to 1.7x])"]
+    assert at_least_twice.check([Cell("C=1", None, 1.0)]) == [
+        "- not measured: twice the reference"]
+
+
 def test_suite_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit):
         bench_main(["suite", "--repeats", "0"])
