@@ -174,6 +174,34 @@ def test_goal_verdicts_tell_a_decisive_fail_from_one_within_the_spread():
         "- not measured: twice the reference"]
 
 
+def test_report_names_the_targets_that_ran_while_the_host_was_slower(tmp_path):
+    from llmserve_client.bench.suite import speed_probe_ms
+
+    def results(probes: dict[str, float]) -> dict:
+        meta = {"quick": False, "started": "now", "command": "llmserve-bench suite",
+                "git_commit": None, "cpu_model": "cpu", "cpus": 2, "threads_per_core": "1",
+                "cpu_flags": [], "memory_gib": 1.0, "kernel": "k", "python": "3",
+                "versions": {}, "load_average_start": (0, 0, 0), "output_len": 3}
+        runs = [{"model": "frontend", "target": target, "levels": [], "error": None,
+                 "speed_probe_ms": ms} for target, ms in probes.items()]
+        return {"meta": meta, "runs": runs, "profile": None}
+
+    def report(probes: dict[str, float]) -> str:
+        write_report(results(probes), tmp_path / "BENCHMARKS.md", None)
+        return (tmp_path / "BENCHMARKS.md").read_text()
+
+    slowed = report({"fake": 20.0, "fake-merged": 22.0, "echo": 30.0})
+    steady = report({"fake": 20.0, "echo": 21.0})
+
+    assert "> **The host slowed down** during the run" in slowed
+    assert "before frontend bare grpc.aio echo server (1.50×)." in slowed
+    assert "merging unread tokens (like vLLM) (1.10×)" not in slowed
+    assert ("Host speed before each target (a fixed Python loop, × its fastest time): "
+            "frontend llmserve + fake engine, StreamGenerate 1.00×") in slowed
+    assert "slowed down" not in steady and "bare grpc.aio echo server 1.05×" in steady
+    assert speed_probe_ms() > 0
+
+
 def test_suite_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit):
         bench_main(["suite", "--repeats", "0"])

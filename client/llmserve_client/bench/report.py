@@ -24,6 +24,8 @@ GROUP_TITLES = {
     "frontend": "Frontend only: no engine",
 }
 LIMIT, PEER, ECHO = "inprocess", "vllm-serve", "echo"
+# A target whose speed probe took this much longer than the fastest one's ran on a slower host.
+SLOW_HOST_RATIO = 1.15
 
 
 def _number(value: float | None) -> str:
@@ -318,6 +320,32 @@ def _profile_section(profile: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _speed_probes(runs: list[dict]) -> list[tuple[str, float]]:
+    """(target, its speed probe × the fastest probe of the run), for runs that have one."""
+    probes = [(f"{run['model']} {TARGET_LABELS.get(run['target'], run['target'])}",
+               run["speed_probe_ms"]) for run in runs if run.get("speed_probe_ms")]
+    fastest = min((ms for _, ms in probes), default=0)
+    return [(name, ms / fastest) for name, ms in probes]
+
+
+def _slow_host_warning(runs: list[dict]) -> list[str]:
+    slow = [f"{name} ({ratio:.2f}×)" for name, ratio in _speed_probes(runs)
+            if ratio >= SLOW_HOST_RATIO]
+    if not slow:
+        return []
+    return [f"> **The host slowed down** during the run: a fixed Python loop took at least "
+            f"{SLOW_HOST_RATIO:.2f}× its fastest time before {', '.join(slow)}. Those targets "
+            "ran on a slower machine than the others; compare them with care.", ""]
+
+
+def _speed_probe_line(runs: list[dict]) -> list[str]:
+    probes = _speed_probes(runs)
+    if not probes:
+        return []
+    return ["- Host speed before each target (a fixed Python loop, × its fastest time): "
+            + ", ".join(f"{name} {ratio:.2f}×" for name, ratio in probes)]
+
+
 def _repeats_note(repeats: int) -> str:
     if repeats <= 1:
         return ""
@@ -351,6 +379,7 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         lines += [f"> **Noisy**: other processes were running when the benchmark started (1-minute "
                   f"load average {load_before:.1f} on {meta['cpus']} CPUs); compare targets "
                   "within one run, and rerun on an idle machine for absolute numbers.", ""]
+    lines += _slow_host_warning(results["runs"])
     lines += [
         f"Measured {meta['started']} (commit {meta['git_commit'] or 'unknown'}) by "
         f"`{meta['command']}`; reproduce with `make bench` (`make bench-quick` for a short "
@@ -401,6 +430,7 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "- Load average (1/5/15 min) at start: "
         f"{' / '.join(f'{x:.2f}' for x in meta['load_average_start'])}, at the end: "
         f"{' / '.join(f'{x:.2f}' for x in meta.get('load_average_end', ()))}",
+        *_speed_probe_line(results["runs"]),
         "",
     ]
     if plot is not None:

@@ -62,6 +62,9 @@ PROFILE_REQUESTS = 512
 PROFILE_RATE_HZ = 200
 PROFILE_TOP = 15
 INPROCESS_TIMEOUT_SECONDS = 3600
+# A fixed pure-Python loop, timed before each target: the host's speed at that moment. A VM's
+# neighbours can slow it for minutes, which the load average inside it does not show.
+SPEED_PROBE_ITERATIONS = 300_000
 
 
 def model_dir(key: str) -> Path:
@@ -138,7 +141,8 @@ class Suite:
         """Runs one target's levels (--repeats times, keeping each level's median run); a
         failure is recorded and the suite goes on."""
         started = time.monotonic()
-        record = {"model": model, "target": target, "levels": [], "error": None}
+        record = {"model": model, "target": target, "levels": [], "error": None,
+                  "speed_probe_ms": speed_probe_ms()}
         try:
             record["levels"] = median_levels([measure() for _ in range(self.args.repeats)])
         except Exception as exc:
@@ -235,6 +239,18 @@ def median_levels(runs: list[list[dict]]) -> list[dict]:
                     median[key] = values
         levels.append(median)
     return levels
+
+
+def speed_probe_ms() -> float:
+    """Milliseconds the fixed loop takes on this host now (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(SPEED_PROBE_ITERATIONS):
+            total += i % 7
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 2)
 
 
 def _now() -> str:
