@@ -32,6 +32,14 @@ def bench_server():
     threaded.stop()
 
 
+def report_meta(quick: bool) -> dict:
+    """The suite's run description, as the report reads it."""
+    return {"quick": quick, "started": "now", "command": "llmserve-bench suite",
+            "git_commit": None, "cpu_model": "cpu", "cpus": 2, "threads_per_core": "1",
+            "cpu_flags": [], "memory_gib": 1.0, "kernel": "k", "python": "3", "versions": {},
+            "load_average_start": (0, 0, 0), "output_len": 3}
+
+
 def run(url: str, specs: list[LoadSpec], **kwargs) -> list[dict]:
     async def main() -> list[dict]:
         target = await open_target(url)
@@ -97,10 +105,7 @@ def test_cli_json_and_report(bench_server, tmp_path, capsys):
     assert level["server_cpu_s"] >= 0
 
     results = {
-        "meta": {"quick": True, "started": "now", "command": "llmserve-bench run",
-                 "git_commit": None, "cpu_model": "cpu", "cpus": 2, "threads_per_core": "1",
-                 "cpu_flags": [], "memory_gib": 1.0, "kernel": "k", "python": "3",
-                 "versions": {}, "load_average_start": (0, 0, 0), "output_len": 3},
+        "meta": report_meta(quick=True),
         "runs": [{"model": "frontend", "target": "fake", "levels": [level], "error": None},
                  {"model": "frontend", "target": "echo", "levels": [], "error": "boom"}],
         "profile": None,
@@ -178,13 +183,9 @@ def test_report_names_the_targets_that_ran_while_the_host_was_slower(tmp_path):
     from llmserve_client.bench.suite import speed_probe_ms
 
     def results(probes: dict[str, float]) -> dict:
-        meta = {"quick": False, "started": "now", "command": "llmserve-bench suite",
-                "git_commit": None, "cpu_model": "cpu", "cpus": 2, "threads_per_core": "1",
-                "cpu_flags": [], "memory_gib": 1.0, "kernel": "k", "python": "3",
-                "versions": {}, "load_average_start": (0, 0, 0), "output_len": 3}
         runs = [{"model": "frontend", "target": target, "levels": [], "error": None,
                  "speed_probe_ms": ms} for target, ms in probes.items()]
-        return {"meta": meta, "runs": runs, "profile": None}
+        return {"meta": report_meta(quick=False), "runs": runs, "profile": None}
 
     def report(probes: dict[str, float]) -> str:
         write_report(results(probes), tmp_path / "BENCHMARKS.md", None)

@@ -2,7 +2,7 @@
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,15 +144,19 @@ def _level(groups: dict, group: str, target: str, c: int) -> dict | None:
     return _levels(run).get(c) if run and not run["error"] else None
 
 
-def _value(groups: dict, group: str, target: str, c: int, field: str, pct: str | None = None):
-    level = _level(groups, group, target, c)
-    if level is None:
-        return None
+def level_value(level: dict, field: str, pct: str | None = None) -> float | None:
+    """A level's `field`, or its percentile `pct` (a latency's "p50")."""
     value = level.get(field)
     return _pct(value, pct) if pct else value
 
 
-# A cell's field → the suite's list of that field in every repeat (`suite.REPEATED_MEASURES`).
+def _value(groups: dict, group: str, target: str, c: int, field: str, pct: str | None = None):
+    level = _level(groups, group, target, c)
+    return None if level is None else level_value(level, field, pct)
+
+
+# The fields the suite keeps for every repeat (`suite.median_levels`), and under which key: the
+# goals show their spread from them.
 REPEATS_KEYS = {
     ("output_tokens_per_s", None): "repeats_output_tokens_per_s",
     ("ttft_ms", "p50"): "repeats_ttft_p50_ms",
@@ -260,10 +264,9 @@ def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
              "some pair of repeats would pass is marked *within the run-to-run spread*.", ""]
     models = [m for m in ("smollm2", "tiny") if m in groups]
 
-    def versus(reference: str, field: str, pct: str | None = None,
-               levels: Sequence[int] = concurrency) -> list[Cell]:
+    def versus(reference: str, field: str, pct: str | None = None) -> list[Cell]:
         return [_cell(f"{m} C={c}", groups, (m, stream, c), (m, reference, c), field, pct)
-                for m in models for c in levels]
+                for m in models for c in concurrency]
 
     lines += _ratio_goal("llmserve StreamGenerate tokens/s above `vllm serve` at every C, both "
                          "models", lambda x: x > 1).check(versus(PEER, "output_tokens_per_s"))

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from llmserve_client.bench.cli import (
@@ -29,6 +29,7 @@ from llmserve_client.bench.cli import (
     load_specs,
 )
 from llmserve_client.bench.loadgen import run_async, run_levels
+from llmserve_client.bench.report import REPEATS_KEYS, level_value
 from llmserve_client.bench.servers import (
     SAME_SESSION_NEW_GROUP,
     ServerProcess,
@@ -216,15 +217,6 @@ class Suite:
         return {"meta": meta, "runs": self.runs, "profile": self.profile}
 
 
-# What a level keeps of every repeat, beside the median run's own numbers: the report shows
-# the goals' spread from them.
-REPEATED_MEASURES: dict[str, Callable[[dict], float | None]] = {
-    "repeats_output_tokens_per_s": lambda level: level["output_tokens_per_s"],
-    "repeats_ttft_p50_ms": lambda level: (level.get("ttft_ms") or {}).get("p50"),
-    "repeats_server_cpu_ms_per_token": lambda level: level.get("server_cpu_ms_per_token"),
-}
-
-
 def median_levels(runs: list[list[dict]]) -> list[dict]:
     """Per concurrency, the run with the median output tokens/s (the lower middle one for an
     even count), tagged with every run's tokens/s, TTFT p50 and server CPU per token."""
@@ -233,8 +225,8 @@ def median_levels(runs: list[list[dict]]) -> list[dict]:
         ordered = sorted(same_level, key=lambda level: level["output_tokens_per_s"])
         median = dict(ordered[(len(ordered) - 1) // 2])
         if len(ordered) > 1:
-            for key, read in REPEATED_MEASURES.items():
-                values = [read(level) for level in same_level]
+            for (field, pct), key in REPEATS_KEYS.items():
+                values = [level_value(level, field, pct) for level in same_level]
                 if any(value is not None for value in values):
                     median[key] = values
         levels.append(median)
