@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 
 import psutil
 import pytest
 
 from llmserve.engine.fake import FakeEngine
+from llmserve_client.bench import grpc_settings
 from llmserve_client.bench.cli import main as bench_main
 from llmserve_client.bench.loadgen import LoadSpec, run_levels
 from llmserve_client.bench.prompts import output_lengths, prompt_set
@@ -105,7 +107,7 @@ def test_cli_json_and_report(bench_server, tmp_path, capsys):
     assert level["server_cpu_s"] >= 0
 
     results = {
-        "meta": report_meta(quick=True),
+        "meta": report_meta(quick=True) | {"grpc_client_experiments": "-event_engine_client"},
         "runs": [{"model": "frontend", "target": "fake", "levels": [level], "error": None},
                  {"model": "frontend", "target": "echo", "levels": [], "error": "boom"}],
         "profile": None,
@@ -114,6 +116,52 @@ def test_cli_json_and_report(bench_server, tmp_path, capsys):
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "Quick run" in text and "| C=2 |" in text and "failed" in text
     assert "tok/msg" in text and "| 1.00 |" in text  # one token per message
+    assert "`GRPC_EXPERIMENTS=-event_engine_client`" in text
+
+
+# What grpc's TCP tracer logs when a channel connects, by TCP client.
+IOMGR_CONNECT, EVENT_ENGINE_CONNECT = "tcp_client_posix.cc", "EventEngine::Connect"
+
+
+def _connect_trace(setup: str) -> str:
+    """grpc's TCP trace of a fresh Python that runs `setup`, then connects a channel once."""
+    script = setup + textwrap.dedent("""
+        import grpc
+        channel = grpc.insecure_channel("127.0.0.1:1")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=1)
+        except grpc.FutureTimeoutError:
+            pass
+    """)
+    env = {k: v for k, v in os.environ.items() if k != grpc_settings.EXPERIMENTS_VARIABLE}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env | {"GRPC_TRACE": "tcp,event_engine", "GRPC_VERBOSITY": "debug"},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_load_generator_connects_with_iomgrs_tcp_client():
+    """`llmserve-bench` chooses it before its imports start grpc; its servers keep the default."""
+    default = _connect_trace("")
+    assert EVENT_ENGINE_CONNECT in default and IOMGR_CONNECT not in default
+    chosen = _connect_trace(textwrap.dedent("""
+        from llmserve_client.bench.cli import grpc_settings
+        grpc_settings.use_iomgr_client()
+        assert "GRPC_EXPERIMENTS" not in grpc_settings.server_environment()
+    """))
+    assert IOMGR_CONNECT in chosen and EVENT_ENGINE_CONNECT not in chosen
+
+
+def test_grpc_experiments_set_by_the_user_stay_and_a_started_grpc_is_left_alone(monkeypatch):
+    monkeypatch.setenv(grpc_settings.EXPERIMENTS_VARIABLE, "fuse_filters")
+    grpc_settings.use_iomgr_client()
+    assert grpc_settings.client_experiments() == "fuse_filters"
+    assert grpc_settings.server_environment()["GRPC_EXPERIMENTS"] == "fuse_filters"
+
+    monkeypatch.delenv(grpc_settings.EXPERIMENTS_VARIABLE)
+    grpc_settings.use_iomgr_client()  # this test process imported grpc long ago
+    assert grpc_settings.client_experiments() == ""
 
 
 def test_plot(tmp_path):

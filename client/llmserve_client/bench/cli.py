@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmserve_client.bench import grpc_settings
 from llmserve_client.bench.loadgen import LoadSpec, run_async, run_levels
 from llmserve_client.bench.prompts import output_lengths, prompt_set
 
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    grpc_settings.use_iomgr_client()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

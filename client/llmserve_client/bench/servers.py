@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.engine.cpu_placement import bind_engine_core_to_workers
+from llmserve_client.bench import grpc_settings
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ServerProcess:
         self.http_url: str | None = None
         self._ready = ready
         self.log_path = log_path
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**grpc_settings.server_environment(), **(env or {})}
         self.process: subprocess.Popen | None = None
 
     @property

