@@ -116,7 +116,12 @@ def test_cli_json_and_report(bench_server, tmp_path, capsys):
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "Quick run" in text and "| C=2 |" in text and "failed" in text
     assert "tok/msg" in text and "| 1.00 |" in text  # one token per message
-    assert "`GRPC_EXPERIMENTS=-event_engine_client`" in text
+    assert "`GRPC_EXPERIMENTS=-event_engine_client`, for grpc's iomgr TCP client" in text
+
+    results["meta"]["grpc_client_experiments"] = "fuse_filters"  # the user's own
+    write_report(results, tmp_path / "BENCHMARKS.md", None)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "`GRPC_EXPERIMENTS=fuse_filters`, or aiohttp" in text and "iomgr" not in text
 
 
 # What grpc's TCP tracer logs when a channel connects, by TCP client.

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmserve_client.bench import grpc_settings
+
 logger = logging.getLogger(__name__)
 
 TARGET_LABELS = {
@@ -367,8 +369,11 @@ def _stream_interval_note(stream_interval: int) -> str:
 def _grpc_client_note(experiments: str) -> str:
     if not experiments:
         return ""
-    return (f" with `GRPC_EXPERIMENTS={experiments}`, for grpc's iomgr TCP client, which costs "
-            "it a third less CPU per message than the default EventEngine one here")
+    note = f" with `GRPC_EXPERIMENTS={experiments}`"
+    if experiments == grpc_settings.LOAD_GENERATOR_EXPERIMENTS:
+        note += (", for grpc's iomgr TCP client, which costs it a third less CPU per message "
+                 "than the default EventEngine one here")
+    return note
 
 
 def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
