@@ -83,3 +83,17 @@ def test_closing_a_merged_stream_stops_its_steps():
     running, tasks = asyncio.run(main())
     assert running == set()
     assert tasks == set()
+
+
+@pytest.mark.parametrize("merge_unread_outputs", [False, True])
+def test_streams_hold_back_the_start_of_a_stop_string_like_vllm(merge_unread_outputs):
+    engine = FakeEngine(merge_unread_outputs=merge_unread_outputs)
+    stop = dict(stop=["fox"], min_tokens=0)
+
+    streamed = asyncio.run(read_all(engine, request(**stop)))
+    unary = asyncio.run(read_all(engine, request(**stop, stream=False)))
+
+    assert unary[-1].completions[0].text == "The quick brown "
+    assert joined(streamed)[0] == unary[-1].completions[0].text
+    assert not any("f" in d.text for o in streamed for d in o.completions)
+    assert streamed[-1].completions[0].finish_reason == FinishReason.STOP_SEQUENCE

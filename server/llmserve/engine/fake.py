@@ -4,9 +4,10 @@ Its tokenizer maps each UTF-8 byte to one token (id = byte + 3; 0 pad, 1 BOS, 2 
 i of a request "generates" the bytes of `FakeEngine.text`, cycled and shifted by i, one token per
 step, honouring max_tokens, min_tokens, stop strings, stop token ids and EOS.
 
-With `merge_unread_outputs`, streams behave like vLLM's: the engine steps on its own and an output
-the caller has not read yet absorbs the next one (vLLM's RequestOutputCollector in DELTA mode), so
-a caller that falls behind reads several tokens at once.
+With `merge_unread_outputs`, streams behave like vLLM's: one engine loop steps every such stream at
+once (a batch step: one token each) and an output the caller has not read yet absorbs the next one
+(vLLM's RequestOutputCollector in DELTA mode), so a caller that falls behind reads several tokens
+at once.
 """
 
 import asyncio
@@ -21,7 +22,6 @@ from llmserve.engine.protocol import (
     ModelInfo,
     PositionLogprobs,
     TokenLogprob,
-    merge_deltas,
 )
 from llmserve.errors import EngineDeadError
 
@@ -57,6 +57,9 @@ class FakeEngine:
         # Set to make every generate() fail (e.g. an error the server must map to a status).
         self.failure: BaseException | None = None
         self._dead = False
+        # Streams merging unread outputs, and the loop stepping them (while there are any).
+        self._stepped: set[_Progress] = set()
+        self._stepper: asyncio.Task | None = None
         # Each token's own text, decoded once.
         self._token_texts = [self.detokenize([t]) for t in range(self.model_info.vocab_size)]
 
@@ -80,25 +83,37 @@ class FakeEngine:
     # Generation.
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
-        steps = self._steps(request)
-        return _read_merged(steps) if self.merge_unread_outputs and request.stream else steps
+        if self.merge_unread_outputs and request.stream:
+            return self._read_stepped(request)
+        return self._steps(request)
 
-    async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+    def _admit(self, request: GenerationRequest) -> "_Progress":
+        """Starts the request, generating its completions whole at once: per token, a stream
+        then only hands out a step (nothing a frontend benchmark would count as its cost)."""
         if self._dead:
             raise EngineDeadError()
         if self.failure is not None:
             raise self.failure
         self.requests.append(request)
         self.running.add(request.request_id)
-        # Decoded at once, then handed out one step at a time: per token, a stream only yields
-        # (nothing a frontend benchmark would count as the frontend's cost).
-        steps = self._decode(request)
-        # Each step waits token_delay. With none, a plain stream yields tokens instantly (its
-        # reader's writes give other requests their turn); unary requests and merging streams
-        # still let the event loop run between steps.
-        pace = bool(self.token_delay) or not request.stream or self.merge_unread_outputs
+        # Like vLLM, streams hold back text that may be the start of a stop string.
+        held_back = (max(map(len, request.stop)) - 1
+                     if request.stop and not request.include_stop_str_in_output else 0)
+        completions = [_FakeCompletion(i, held_back) for i in range(request.n)]
+        unfinished = completions
+        while unfinished:
+            unfinished = [c for c in unfinished if not self._step(request, c)]
+        return _Progress(completions, request.stream_interval or 1,
+                         self._prompt_logprobs(request))
+
+    async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
+        progress = self._admit(request)
+        # Each step waits token_delay. With none, a stream yields tokens instantly (its reader's
+        # writes give other requests their turn); unary requests still let the event loop run
+        # between steps.
+        pace = bool(self.token_delay) or not request.stream
         try:
-            for output in steps:
+            for output in progress.every_step() if request.stream else progress.last_step():
                 if pace:
                     await asyncio.sleep(self.token_delay)
                 if self._dead:
@@ -108,37 +123,40 @@ class FakeEngine:
         finally:
             self.running.discard(request.request_id)
 
-    def _decode(self, request: GenerationRequest) -> list[GenerationOutput | None]:
-        """Every step of the request: its output, or None when it sends nothing."""
-        completions = [_FakeCompletion(i) for i in range(request.n)]
-        unfinished = list(completions)
-        # Like vLLM's stream_interval: the first token, then every `interval` tokens, the end.
-        interval = request.stream_interval or 1
-        prompt_logprobs = self._prompt_logprobs(request)
-        steps: list[GenerationOutput | None] = []
-        while unfinished:
-            finished_one = False
-            for c in unfinished:
-                finished_one |= self._step(request, c)
-            if finished_one:
-                unfinished = [c for c in unfinished if c.finish_reason is None]
-            due = [c for c in completions if c.is_due(interval)] if request.stream else None
-            if not due:
-                steps.append(None)
-                continue
-            finished = not unfinished
-            steps.append(GenerationOutput(
-                completions=[c.take_delta() for c in due],
-                finished=finished, prompt_logprobs=prompt_logprobs,
-                queued_seconds=0.0 if finished else None,
-            ))
-            prompt_logprobs = None
-        if not request.stream:
-            steps[-1] = GenerationOutput(
-                completions=[c.whole() for c in completions], finished=True,
-                prompt_logprobs=prompt_logprobs, queued_seconds=0.0,
-            )
-        return steps
+    async def _read_stepped(self, request: GenerationRequest
+                            ) -> AsyncGenerator[GenerationOutput, None]:
+        """A stream the engine loop steps; each read takes everything produced since the last."""
+        progress = self._admit(request)
+        try:
+            self._stepped.add(progress)
+            if self._stepper is None:
+                self._stepper = asyncio.create_task(self._step_streams())
+            while True:
+                if self._dead:
+                    raise EngineDeadError()
+                output = await progress.read()
+                yield output
+                if output.finished:
+                    return
+        finally:
+            self._stepped.discard(progress)
+            self.running.discard(request.request_id)
+
+    async def _step_streams(self) -> None:
+        """The engine loop: each step, every stepped stream gets one more token."""
+        try:
+            while self._stepped:
+                await asyncio.sleep(self.token_delay)
+                if self._dead:
+                    for progress in self._stepped:
+                        progress.fail(EngineDeadError())
+                    return
+                for progress in list(self._stepped):
+                    progress.advance()
+                    if progress.done:
+                        self._stepped.discard(progress)
+        finally:
+            self._stepper = None
 
     def _step(self, request: GenerationRequest, c: "_FakeCompletion") -> bool:
         """Appends completion `c`'s next token; returns whether that finished it."""
@@ -196,94 +214,116 @@ def _logprobs_for(token_id: int, top: int) -> PositionLogprobs:
 
 
 class _FakeCompletion:
-    def __init__(self, index: int):
+    """One completion, generated whole before a stream hands it out."""
+
+    def __init__(self, index: int, held_back: int):
         self.index = index
+        self._held_back = held_back
         self.token_ids: list[int] = []
+        # The text without a stop string's cut, and how much of it a stream has after each token
+        # (all of it, with the cut, after the last).
         self.text = ""
+        self.text_ends: list[int] = []
         self.logprobs: list[PositionLogprobs] = []
         self.finish_reason: FinishReason | None = None
         self.stop_reason: str | int | None = None
-        self._sent_tokens = 0
-        self._sent_text = 0
 
     def append(self, token: int, text: str, logprobs: int | None) -> None:
         self.token_ids.append(token)
         self.text += text
+        self.text_ends.append(max(len(self.text) - self._held_back, 0))
         if logprobs is not None:
             self.logprobs.append(_logprobs_for(token, logprobs))
 
     def finish(self, reason: FinishReason, stop_reason: str | int | None, text_cut: int) -> None:
         self.finish_reason, self.stop_reason = reason, stop_reason
-        if text_cut:
-            self.text = self.text[:-text_cut]
+        self.text_ends[-1] = len(self.text) - text_cut
 
-    def is_due(self, interval: int) -> bool:
-        """Whether a stream sends this completion's news now."""
-        unsent = len(self.token_ids) - self._sent_tokens
-        return unsent > 0 and (self.finish_reason is not None or self._sent_tokens == 0
-                               or unsent >= interval)
+    def streamed(self, steps: int, interval: int) -> int:
+        """How many tokens a stream has after `steps` engine steps: like vLLM's stream_interval,
+        the first token, then every `interval` tokens, and the last."""
+        length = len(self.token_ids)
+        if steps >= length:
+            return length
+        return 1 + (steps - 1) // interval * interval if steps else 0
 
-    def take_delta(self) -> CompletionDelta:
-        sent = self._sent_tokens
-        delta = CompletionDelta(self.index, self.text[self._sent_text:], self.token_ids[sent:],
-                                self.logprobs[sent:] if self.logprobs else None,
-                                self.finish_reason, self.stop_reason)
-        self._sent_tokens, self._sent_text = len(self.token_ids), len(self.text)
-        return delta
-
-    def whole(self) -> CompletionDelta:
+    def delta(self, start: int, end: int) -> CompletionDelta:
+        """Tokens start..end; the text they add (a stop string's cut can leave none)."""
+        last = end == len(self.token_ids)
+        text_start = self.text_ends[start - 1] if start else 0
         return CompletionDelta(
-            index=self.index, text=self.text, token_ids=self.token_ids,
-            logprobs=self.logprobs or None, finish_reason=self.finish_reason,
-            stop_reason=self.stop_reason,
+            self.index, self.text[text_start:self.text_ends[end - 1]], self.token_ids[start:end],
+            self.logprobs[start:end] if self.logprobs else None,
+            self.finish_reason if last else None, self.stop_reason if last else None,
         )
 
-
-async def _read_merged(outputs: AsyncGenerator[GenerationOutput, None]
-                       ) -> AsyncGenerator[GenerationOutput, None]:
-    """Steps `outputs` in a task of its own; each read takes everything produced since the last."""
-    unread: list[GenerationOutput] = []
-    produced = asyncio.Event()
-
-    async def produce() -> None:
-        try:
-            async for output in outputs:
-                unread.append(output)
-                produced.set()
-        finally:
-            produced.set()
-
-    producer = asyncio.create_task(produce())
-    try:
-        while True:
-            if not unread:
-                if producer.done():
-                    producer.result()  # the engine's error, if any
-                    return
-                produced.clear()
-                await produced.wait()
-                continue
-            merged = _merge(unread)
-            unread.clear()
-            yield merged
-            if merged.finished:
-                return
-    finally:
-        producer.cancel()
+    def whole(self) -> CompletionDelta:
+        return self.delta(0, len(self.token_ids))
 
 
-def _merge(outputs: list[GenerationOutput]) -> GenerationOutput:
-    if len(outputs) == 1:
-        return outputs[0]
-    deltas: dict[int, list[CompletionDelta]] = {}
-    for output in outputs:
-        for delta in output.completions:
-            deltas.setdefault(delta.index, []).append(delta)
-    last = outputs[-1]
-    return GenerationOutput(
-        completions=[merge_deltas(d) for d in deltas.values()],
-        finished=last.finished,
-        prompt_logprobs=outputs[0].prompt_logprobs,
-        num_cached_tokens=last.num_cached_tokens,
-        queued_seconds=last.queued_seconds,
-    )
+class _Progress:
+    """A request's whole completions, handed out as the engine steps through them; outputs not
+    read yet absorb the next ones (vLLM's RequestOutputCollector in DELTA mode)."""
+
+    def __init__(self, completions: list[_FakeCompletion], interval: int,
+                 prompt_logprobs: list[PositionLogprobs | None] | None):
+        self.completions = completions
+        self._steps = max(len(c.token_ids) for c in completions)
+        self._interval = interval
+        self._prompt_logprobs = prompt_logprobs
+        self._step = 0
+        self._sent = [0] * len(completions)
+        self._error: BaseException | None = None
+        self._produced = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self._step == self._steps
+
+    def advance(self) -> None:
+        self._step += 1
+        self._produced.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._produced.set()
+
+    def take(self) -> GenerationOutput | None:
+        """What the steps so far added to the stream since the last take (None: nothing)."""
+        deltas = []
+        finished = True
+        for c in self.completions:
+            sent, streamed = self._sent[c.index], c.streamed(self._step, self._interval)
+            finished &= streamed == len(c.token_ids)
+            if streamed > sent:
+                deltas.append(c.delta(sent, streamed))
+                self._sent[c.index] = streamed
+        if not deltas:
+            return None
+        output = GenerationOutput(deltas, finished, self._prompt_logprobs,
+                                  queued_seconds=0.0 if finished else None)
+        self._prompt_logprobs = None
+        return output
+
+    async def read(self) -> GenerationOutput:
+        """The next take, once the engine loop has produced something."""
+        while (output := self.take()) is None:
+            if self._error is not None:
+                raise self._error
+            self._produced.clear()
+            await self._produced.wait()
+        return output
+
+    def every_step(self) -> list[GenerationOutput | None]:
+        """A stream's output after each step (None: nothing new), all at once."""
+        steps = []
+        while not self.done:
+            self.advance()
+            steps.append(self.take())
+        return steps
+
+    def last_step(self) -> list[GenerationOutput | None]:
+        """A unary request's steps: nothing until the whole output at the end."""
+        whole = GenerationOutput([c.whole() for c in self.completions], finished=True,
+                                 prompt_logprobs=self._prompt_logprobs, queued_seconds=0.0)
+        return [None] * (self._steps - 1) + [whole]
