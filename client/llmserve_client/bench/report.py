@@ -431,8 +431,9 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "streams the same messages with nothing behind it (`echo_server`), both on uvloop like "
         "`llmserve serve`: the gRPC limit in Python on these cores. One token per message "
         "there, except for the fake engine `--merge-unread-outputs`, which streams like vLLM: "
-        "tokens a stream has not sent yet (because its previous message is still being "
-        "written) go out together in its next message (`tok/msg` in the details).",
+        "one engine loop gives every stream a token per event-loop turn, and tokens a stream "
+        "has not sent yet (because its previous message is still being written) go out "
+        "together in its next message (`tok/msg` in the details).",
         "- TTFT: request sent → first streamed message with a token. ITL: gap between "
         "streamed messages. Unary `Generate` has neither.",
         "",
