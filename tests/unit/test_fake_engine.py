@@ -97,3 +97,19 @@ def test_streams_hold_back_the_start_of_a_stop_string_like_vllm(merge_unread_out
     assert joined(streamed)[0] == unary[-1].completions[0].text
     assert not any("f" in d.text for o in streamed for d in o.completions)
     assert streamed[-1].completions[0].finish_reason == FinishReason.STOP_SEQUENCE
+
+
+def test_one_engine_loop_steps_every_merged_stream():
+    async def main():
+        engine = FakeEngine(token_delay=0.001, merge_unread_outputs=True)
+        streams = [engine.generate(request(request_id=f"r{i}")) for i in range(3)]
+        outputs = [[await anext(stream)] for stream in streams]
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for stream, read in zip(streams, outputs, strict=True):
+            read += [output async for output in stream]
+        return tasks, [joined(read) for read in outputs]
+
+    tasks, texts = asyncio.run(main())
+    assert len(tasks) == 1  # like vLLM's output handler, not a producer per stream
+    plain = joined(asyncio.run(read_all(FakeEngine(), request())))
+    assert texts == [plain] * 3
