@@ -99,12 +99,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                             "aborted (default %(default)s).")
     group.add_argument("--keepalive-seconds", type=float, default=60.0,
                        help="Ping each gRPC connection after this long without news from its "
-                            "client (HTTP/2 keepalive), so a client whose machine or network is "
-                            "gone is noticed and its requests are aborted (default %(default)s; "
-                            "0 disables).")
+                            "client (HTTP/2 keepalive; HTTP connections: TCP keepalive), so a "
+                            "client whose machine or network is gone is noticed and its requests "
+                            "are aborted (default %(default)s; 0 disables).")
     group.add_argument("--keepalive-timeout-seconds", type=float, default=20.0,
                        help="How long a keepalive ping may go unanswered before the connection "
-                            "is closed and its calls cancelled (default %(default)s).")
+                            "is closed and its calls cancelled; on HTTP connections also how long "
+                            "response data may go unacknowledged (default %(default)s).")
     group.add_argument("--max-queued-requests", type=int, default=None,
                        help="Most generation requests held at once (running + waiting in the "
                             "engine); more are refused at once with RESOURCE_EXHAUSTED "

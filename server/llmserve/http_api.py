@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import ssl
 import time
@@ -378,15 +379,32 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    host = host.strip("[]")
+def _listen(config: ServerConfig) -> socket.socket:
+    host = config.host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock = socket.create_server((host, config.http_port), family=family, backlog=2048)
     # Accepted connections inherit TCP_NODELAY. asyncio sets it only on sockets made with proto
     # IPPROTO_TCP (create_server's are proto 0): without it each response waited ~40 ms for the
     # client's delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if config.keepalive_seconds > 0:
+        _drop_dead_peers(sock, config.keepalive_seconds, config.keepalive_timeout_seconds)
     return sock
+
+
+def _drop_dead_peers(sock: socket.socket, idle_seconds: float, timeout_seconds: float) -> None:
+    """The gRPC port's keepalive in TCP, for the connections `sock` accepts (they inherit it).
+
+    A connection quiet for `idle_seconds` is probed; one whose peer acknowledges nothing (probes
+    or response data) for `timeout_seconds` is reset, and its requests are aborted as when a
+    client disconnects. Linux (5.11 on) also resets one whose peer keeps its receive window
+    closed that long: a client that stopped reading a stream.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, math.ceil(idle_seconds))
+    # Several probes within the timeout, so one lost probe does not end the connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, math.ceil(timeout_seconds / 4))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, math.ceil(timeout_seconds * 1000))
 
 
 class HttpServer:
@@ -407,7 +425,7 @@ class HttpServer:
             tls = {"ssl_certfile": config.tls_cert, "ssl_keyfile": config.tls_key}
             if config.tls_client_ca:
                 tls |= {"ssl_ca_certs": config.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
-        sock = _listen(config.host, config.http_port)
+        sock = _listen(config)
         self.port = sock.getsockname()[1]
         uvicorn_config = uvicorn.Config(self.api.app, lifespan="off", log_config=None,
                                         access_log=False, **tls)

@@ -1,20 +1,25 @@
 """The HTTP frontend over the wire, with the fake engine: vLLM demo /generate, health, errors."""
 
+import contextlib
 import json
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from llmserve.engine.fake import FakeEngine
+from llmserve.http_api import _listen
 from llmserve_client import LlmClient, full_text
-from tests.integration.conftest import ThreadedServer
+from tests.integration.conftest import ThreadedServer, server_config
 from tests.integration.test_server import wait_until
 from tests.support.certs import make_pki
+from tests.support.netfilter import needs_nft, packets_from_port_dropped
 from tests.support.processes import free_port
+from tests.support.proxy import FreezableProxy
 
 
 def http_url(server: ThreadedServer, scheme: str = "http") -> str:
@@ -223,6 +228,75 @@ def test_client_leaving_a_unary_request_aborts_the_engine_request(http_server, f
                     headers={"x-request-id": "impatient"})
     assert wait_until(lambda: any(a.startswith("impatient-") for a in fake_engine.aborted))
     assert wait_until(lambda: not fake_engine.running)
+
+
+@contextlib.contextmanager
+def accepted_connection(**config) -> Iterator[socket.socket]:
+    """A connection accepted by an HTTP listening socket made with these settings."""
+    with _listen(server_config(http_port=0, **config)) as listener, \
+            socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            yield accepted
+
+
+def test_accepted_connections_carry_tcp_keepalive_and_a_user_timeout():
+    with accepted_connection(keepalive_seconds=7.5, keepalive_timeout_seconds=9) as accepted:
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 8
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9000
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_no_keepalive_leaves_the_kernel_defaults():
+    with accepted_connection(keepalive_seconds=0) as accepted:
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+
+
+def test_a_stream_whose_client_stopped_reading_is_reset_and_its_request_aborted():
+    # Long lines (each carries the whole text so far) fill the socket buffers soon.
+    engine = FakeEngine(token_delay=0.005, max_model_len=8192)
+    server = start(engine, keepalive_seconds=1.0, keepalive_timeout_seconds=1.0)
+    try:
+        with FreezableProxy(server.server.http.port) as proxy, httpx.Client(
+                base_url=f"http://127.0.0.1:{proxy.port}", timeout=30) as client, \
+                client.stream("POST", "/generate", json={"prompt": "Hi", "stream": True,
+                                                         "max_tokens": 8000},
+                              headers={"x-request-id": "vanished"}) as response:
+            lines = response.iter_lines()
+            next(lines)
+            proxy.freeze()  # nothing read any more: the server's sends stall, then time out
+            # Reset once its data has waited 1 s on a closed window, long before the 40 s
+            # the request would take.
+            assert wait_until(lambda: engine.aborted, timeout=15)
+            response.close()
+        assert [a.split("-")[0] for a in engine.aborted] == ["vanished"]
+    finally:
+        stop_cleanly(server)
+
+
+@needs_nft
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_a_request_whose_client_host_vanished_is_aborted(stream):
+    engine = FakeEngine(token_delay=0.05)  # 500 tokens: 25 s
+    server = start(engine, keepalive_seconds=1.0, keepalive_timeout_seconds=1.0)
+    port = server.server.http.port
+    body = json.dumps({"prompt": "Hi", "max_tokens": 500, "stream": stream}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.sendall(b"POST /generate HTTP/1.1\r\nHost: llmserve\r\n"
+                               b"Content-Type: application/json\r\nx-request-id: gone\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert wait_until(lambda: engine.running)
+            with packets_from_port_dropped(port):
+                # A stream's data, or a quiet connection's keepalive probe (after 1 s), goes
+                # unacknowledged for 1 s: the connection is reset and the request aborted.
+                assert wait_until(lambda: engine.aborted, timeout=15)
+        assert [a.split("-")[0] for a in engine.aborted] == ["gone"]
+    finally:
+        stop_cleanly(server)
 
 
 def test_stop_lets_a_running_stream_finish_and_closes_the_port():
