@@ -1,6 +1,7 @@
 """A real gRPC server on a random port with the fake engine: every RPC over the wire."""
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client import AsyncLlmClient, LlmClient, full_text
 from llmserve_client.cli import main as client_main
 from tests.integration.conftest import ThreadedServer
+from tests.support.netfilter import needs_nft, packets_from_port_dropped
 from tests.support.proxy import FreezableProxy
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -108,8 +110,10 @@ def test_deadline_is_deadline_exceeded_and_aborts(fake_engine, server):
     assert sorted(fake_engine.aborted) == sorted(r.request_id for r in fake_engine.requests)
 
 
+@pytest.mark.parametrize("vanish", ["frozen_proxy", pytest.param("dropped_packets",
+                                                                  marks=needs_nft)])
 @pytest.mark.parametrize("rpc", ["Generate", "StreamGenerate"])
-def test_a_vanished_client_is_found_by_keepalive_and_its_request_aborted(rpc):
+def test_a_vanished_client_is_found_by_keepalive_and_its_request_aborted(rpc, vanish):
     engine = FakeEngine(token_delay=0.05)
     server = ThreadedServer(engine, keepalive_seconds=1.0, keepalive_timeout_seconds=1.0).start()
     cancelled_before = REGISTRY.get_sample_value(
@@ -124,9 +128,13 @@ def test_a_vanished_client_is_found_by_keepalive_and_its_request_aborted(rpc):
                 call = pb_grpc.LlmServiceStub(channel).StreamGenerate(request)
                 next(call)
             assert wait_until(lambda: engine.running)
-            proxy.freeze()  # no FIN, no RST: the client's machine is just gone
-            # Unanswered pings (1 s apart, 1 s to answer) end the call long before its 25 s.
-            assert wait_until(lambda: engine.aborted, timeout=15)
+            with contextlib.ExitStack() as gone:  # no FIN, no RST: the client is just gone
+                if vanish == "frozen_proxy":  # its process: the kernel still sends ACKs
+                    proxy.freeze()
+                else:  # its machine or network: nothing the server sends arrives
+                    gone.enter_context(packets_from_port_dropped(server.server.port))
+                # Unanswered pings (1 s apart, 1 s to answer) end the call long before its 25 s.
+                assert wait_until(lambda: engine.aborted, timeout=15)
             call.cancel()
         assert engine.aborted == [engine.requests[0].request_id]
         assert wait_until(lambda: REGISTRY.get_sample_value(
