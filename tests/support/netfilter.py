@@ -13,8 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+# Debian puts nft in /usr/sbin, which a non-login shell's PATH may lack.
+NFT = shutil.which("nft", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 needs_nft = pytest.mark.skipif(
-    shutil.which("nft") is None or os.geteuid() != 0,
+    NFT is None or os.geteuid() != 0,
     reason="dropping packets needs root and nft (Debian's nftables; .ci/run installs it)")
 
 
@@ -25,8 +27,8 @@ def packets_from_port_dropped(port: int) -> Iterator[None]:
     rules = (f"table inet {table} {{\n chain out {{\n"
              f"  type filter hook output priority 0; policy accept;\n"
              f"  tcp sport {port} drop\n }}\n}}\n")
-    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    subprocess.run([NFT, "-f", "-"], input=rules, text=True, check=True)
     try:
         yield
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+        subprocess.run([NFT, "delete", "table", "inet", table], check=True)
