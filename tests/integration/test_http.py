@@ -264,7 +264,7 @@ def test_a_stream_whose_client_stopped_reading_is_reset_and_its_request_aborted(
                 base_url=f"http://127.0.0.1:{proxy.port}", timeout=30) as client, \
                 client.stream("POST", "/generate", json={"prompt": "Hi", "stream": True,
                                                          "max_tokens": 8000},
-                              headers={"x-request-id": "vanished"}) as response:
+                              headers={"x-request-id": "stopped"}) as response:
             lines = response.iter_lines()
             next(lines)
             proxy.freeze()  # nothing read any more: the server's sends stall, then time out
@@ -272,7 +272,7 @@ def test_a_stream_whose_client_stopped_reading_is_reset_and_its_request_aborted(
             # the request would take.
             assert wait_until(lambda: engine.aborted, timeout=15)
             response.close()
-        assert [a.split("-")[0] for a in engine.aborted] == ["vanished"]
+        assert [a.split("-")[0] for a in engine.aborted] == ["stopped"]
     finally:
         stop_cleanly(server)
 
