@@ -256,6 +256,71 @@ def test_report_names_the_targets_that_ran_while_the_host_was_slower(tmp_path):
     assert speed_probe_ms() > 0
 
 
+def test_the_ttft_probe_runs_one_token_requests_at_c1_after_the_levels(bench_server, tmp_path):
+    out = tmp_path / "run.json"
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["run", f"grpc://{bench_server.target}", "--concurrency", "2",
+                    "--num-requests", "4", "--output-len", "3", "--ttft-probe", "2",
+                    "--ttft-probe-requests", "3", "--no-progress", "--json", str(out)])
+    assert exit_info.value.code == 0
+    level, *probes = json.loads(out.read_text())
+    assert "ttft_probe" not in level and level["output_tokens"] == 12
+    assert [(p["ttft_probe"], p["concurrency"], p["completed"], p["output_tokens"])
+            for p in probes] == [(True, 1, 3, 3)] * 2
+    assert all(p["ttft_ms"]["p50"] > 0 for p in probes)
+
+
+def test_the_suite_keeps_probe_runs_apart(tmp_path):
+    import argparse
+
+    from llmserve_client.bench.suite import Suite
+
+    def level(ttft: float, probe: bool = False) -> dict:
+        return {"concurrency": 1, "output_tokens_per_s": 100.0, "ttft_ms": {"p50": ttft},
+                **({"ttft_probe": True} if probe else {})}
+
+    suite = Suite(argparse.Namespace(quick=False, concurrency=[1], work_dir=tmp_path, repeats=2))
+    repeats = iter([[level(80.0), level(40.0, True), level(11.0, True)],
+                    [level(90.0), level(40.0, True), level(12.0, True)]])
+    suite._record("tiny", "llmserve-stream", lambda: next(repeats))
+
+    (run,) = suite.runs
+    assert run["levels"] == [{**level(80.0), "repeats_output_tokens_per_s": [100.0, 100.0],
+                              "repeats_ttft_p50_ms": [80.0, 90.0]}]
+    assert run["ttft_probe_p50_ms"] == [11.0, 12.0]  # each repeat's first probe run warms up
+
+
+def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, tmp_path):
+    level = run(f"grpc://{bench_server.target}",
+                [LoadSpec(prompt_set(2), [3, 3], concurrency=1)], warmup=0)[0]
+    level["ttft_ms"]["p50"] = 30.0  # a C=1 level 30 ms over the limit's, below
+
+    def results(probes: dict[str, list[float]]) -> dict:
+        limit = {**level, "ttft_ms": {**level["ttft_ms"], "p50": 0.0}}
+        runs = [{"model": "tiny", "target": target, "levels": [limit if target == "inprocess"
+                                                               else level],
+                 "error": None, **({"ttft_probe_p50_ms": probes[target]}
+                                   if target in probes else {})}
+                for target in ("inprocess", "llmserve-stream")]
+        return {"meta": report_meta(quick=False), "runs": runs, "profile": None}
+
+    def report(probes: dict[str, list[float]]) -> str:
+        write_report(results(probes), tmp_path / "BENCHMARKS.md", None)
+        return (tmp_path / "BENCHMARKS.md").read_text()
+
+    probed = report({"inprocess": [9.0, 10.0], "llmserve-stream": [11.0, 12.0]})
+    unprobed = report({"inprocess": [9.0, 10.0]})
+
+    # The probe's medians (11.5 - 9.5 ms), not the C=1 levels' 30 ms.
+    assert ("- PASS: llmserve StreamGenerate TTFT p50 at most 3 ms over in-process at C=1 "
+            "(one-token requests where the run has the probe) (tiny (probe) +2.0 ms "
+            "[+1.0 ms to +3.0 ms])") in probed
+    assert ("TTFT p50 of one-token requests at C=1, ms, per probe run (after a warm-up run): "
+            "in-process AsyncLLM (the limit) 9.00, 10.0 (median 9.50); llmserve gRPC "
+            "StreamGenerate 11.0, 12.0 (median 11.5).") in probed
+    assert "(tiny +30.0 ms)" in unprobed and "- FAIL: llmserve StreamGenerate TTFT" in unprobed
+
+
 def test_suite_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit):
         bench_main(["suite", "--repeats", "0"])

@@ -63,6 +63,11 @@ def add_load_arguments(parser: argparse.ArgumentParser, concurrency: Sequence[in
     group.add_argument("--num-prompts", type=int, default=64,
                        help="Distinct prompts from the bundled set (default %(default)s).")
     group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--ttft-probe", type=int, default=0, metavar="RUNS",
+                       help="After the levels, this many runs of one-token requests at C=1: "
+                            "TTFT with little else in it (default none).")
+    group.add_argument("--ttft-probe-requests", type=positive_int, default=64,
+                       help="Requests per TTFT probe run (default %(default)s).")
     group.add_argument("--warmup", type=int, default=2,
                        help="Short requests sent before measuring (default %(default)s).")
     group.add_argument("--json", type=Path, default=None, help="Also write the results here.")
@@ -81,7 +86,9 @@ def load_specs(args: argparse.Namespace) -> list[LoadSpec]:
         lengths = output_lengths(count, args.output_len, args.output_len_range, args.seed)
         specs.append(LoadSpec(prompts, lengths, concurrency=concurrency, rate=args.rate,
                               seed=args.seed))
-    return specs
+    probe = LoadSpec(prompts, [1] * args.ttft_probe_requests, concurrency=1, seed=args.seed,
+                     ttft_probe=True)
+    return specs + [probe] * args.ttft_probe
 
 
 def _emit(results: list[dict], args: argparse.Namespace) -> None:

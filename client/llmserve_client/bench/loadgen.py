@@ -52,6 +52,8 @@ class LoadSpec:
     # Poisson arrivals, requests per second.
     rate: float | None = None
     seed: int = 0
+    # A run of the C=1 TTFT probe (one-token requests), not a load level.
+    ttft_probe: bool = False
 
     def __post_init__(self):
         if not self.concurrency and not self.rate:
@@ -217,6 +219,8 @@ async def run_levels(target: Target, specs: Sequence[LoadSpec], *, warmup: int =
         samples, duration = await run_load(target, spec, progress)
         result = summarize(samples, duration, spec, target.streaming)
         result["client_cpu_s"] = round(time.process_time() - client_cpu, 3)
+        if spec.ttft_probe:
+            result["ttft_probe"] = True
         if server is not None:
             cpu = _cpu_seconds(server) - server_cpu
             result["server_cpu_s"] = round(cpu, 3)

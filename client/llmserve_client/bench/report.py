@@ -2,6 +2,7 @@
 
 import logging
 import os
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ def _group_section(group: str, runs: dict[str, dict], concurrency: list[int]) ->
     lines += ["", f"TTFT p50, ms ({names}):", ""]
     lines += _matrix(runs, concurrency, lambda level: _pct(level["ttft_ms"], "p50"), _ms,
                      references)
+    lines += _ttft_probe_lines(runs)
     cpu_runs = {k: r for k, r in runs.items() if k != LIMIT}
     reference = (ECHO,) if group == "frontend" else (PEER,)
     lines += ["", "Frontend CPU per output token, ms: CPU time of the server process, without "
@@ -139,6 +141,21 @@ def _group_section(group: str, runs: dict[str, dict], concurrency: list[int]) ->
     if failed:
         lines += ["Failed: " + "; ".join(failed), ""]
     return lines
+
+
+def _ttft_probe(run: dict | None) -> tuple[float, ...]:
+    """The TTFT p50s of a run's one-token C=1 probe runs (warm-up runs left out)."""
+    return tuple(run.get("ttft_probe_p50_ms", ())) if run and not run["error"] else ()
+
+
+def _ttft_probe_lines(runs: dict[str, dict]) -> list[str]:
+    probed = {key: _ttft_probe(run) for key, run in runs.items() if _ttft_probe(run)}
+    if not probed:
+        return []
+    return ["", "TTFT p50 of one-token requests at C=1, ms, per probe run (after a warm-up run): "
+            + "; ".join(f"{TARGET_LABELS.get(key, key)} {', '.join(_ms(v) for v in values)} "
+                        f"(median {_ms(statistics.median(values))})"
+                        for key, values in probed.items()) + "."]
 
 
 def _level(groups: dict, group: str, target: str, c: int) -> dict | None:
@@ -194,6 +211,18 @@ def _cell(context: str, groups: dict, target: tuple[str, str, int],
     return Cell(context, _value(groups, *target, field, pct),
                 _value(groups, *reference, field, pct), _repeats(groups, *target, field, pct),
                 _repeats(groups, *reference, field, pct))
+
+
+def _c1_ttft_cell(groups: dict, model: str) -> Cell:
+    """llmserve StreamGenerate's C=1 TTFT p50 against in-process: from the one-token probe
+    (median and every run) when both targets ran it, else from the C=1 level."""
+    ours = _ttft_probe(groups[model].get("llmserve-stream"))
+    limit = _ttft_probe(groups[model].get(LIMIT))
+    if ours and limit:
+        return Cell(f"{model} (probe)", statistics.median(ours), statistics.median(limit),
+                    ours, limit)
+    return _cell(model, groups, (model, "llmserve-stream", 1), (model, LIMIT, 1), "ttft_ms",
+                 "p50")
 
 
 def _messages_per_s(groups: dict, target: str, c: int) -> float | None:
@@ -282,9 +311,10 @@ def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
             lambda x, goal=goal: x >= goal,
         ).check([_cell("C=64", groups, (model, stream, 64), (model, LIMIT, 64),
                        "output_tokens_per_s")])
-    lines += Goal("llmserve StreamGenerate TTFT p50 at most 3 ms over in-process at C=1",
+    lines += Goal("llmserve StreamGenerate TTFT p50 at most 3 ms over in-process at C=1 "
+                  "(one-token requests where the run has the probe)",
                   lambda a, b: a - b, lambda x: x <= 3, lambda x: f"{x:+.1f} ms").check(
-        [_cell(m, groups, (m, stream, 1), (m, LIMIT, 1), "ttft_ms", "p50") for m in models])
+        [_c1_ttft_cell(groups, m) for m in models])
     lines += _ratio_goal("frontend only: llmserve + fake engine ≥ 0.8× the echo server's "
                          "messages/s", lambda x: x >= 0.8).check(
         [_messages_cell(groups, "fake", ECHO, c) for c in concurrency])
@@ -436,6 +466,10 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "together in its next message (`tok/msg` in the details).",
         "- TTFT: request sent → first streamed message with a token. ITL: gap between "
         "streamed messages. Unary `Generate` has neither.",
+        "- TTFT probe: after their levels, the in-process engine, llmserve StreamGenerate and "
+        "`vllm serve` run one-token requests at C=1 (`--ttft-probe`), per repeat a warm-up run "
+        "and then the runs listed in each model's section: TTFT p50s with next to no decoding "
+        "in them and many requests behind them, whose medians the C=1 TTFT goal compares.",
         "",
         "## Machine",
         "",

@@ -53,6 +53,11 @@ BUDGETS = {
     False: {"smollm2": (8, 1), "tiny": (32, 4), "frontend": (2048, 16)},
     True: {"smollm2": (4, 1), "tiny": (8, 2), "frontend": (64, 4)},
 }
+# C=1 TTFT probe per model: (runs, one-token requests per run); the first run warms up.
+TTFT_PROBES = {
+    False: {"smollm2": (4, 16), "tiny": (4, 64)},
+    True: {"smollm2": (2, 2), "tiny": (2, 4)},
+}
 # Frontend-only servers: (module, target key, arguments).
 FRONTEND_SERVERS = (
     ("fake_server", "fake", ()),
@@ -146,7 +151,15 @@ class Suite:
         record = {"model": model, "target": target, "levels": [], "error": None,
                   "speed_probe_ms": speed_probe_ms()}
         try:
-            record["levels"] = median_levels([measure() for _ in range(self.args.repeats)])
+            repeats = [measure() for _ in range(self.args.repeats)]
+            record["levels"] = median_levels([[level for level in levels
+                                               if not level.get("ttft_probe")]
+                                              for levels in repeats])
+            probes = [[level for level in levels if level.get("ttft_probe")]
+                      for levels in repeats]
+            if any(probes):  # each repeat's first probe run warms up
+                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for runs in probes
+                                               for run in runs[1:]]
         except Exception as exc:
             logger.exception("%s on %s failed", target, model)
             record["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -174,14 +187,18 @@ class Suite:
         logs = self.work_dir / key
         logs.mkdir(parents=True, exist_ok=True)
         interval = self.args.stream_interval
-        self._record(key, "inprocess", lambda: load_inprocess(model, flags, logs, interval))
+        probe_runs, probe_requests = TTFT_PROBES[self.quick][key]
+        # The targets whose C=1 TTFT the goals compare also run the one-token probe.
+        probed = [*flags, "--ttft-probe", str(probe_runs),
+                  "--ttft-probe-requests", str(probe_requests)]
+        self._record(key, "inprocess", lambda: load_inprocess(model, probed, logs, interval))
 
         http = llmserve_has_http()
         keys = ["llmserve-stream", "llmserve-unary", *(["llmserve-http"] if http else [])]
 
         def llmserve(server: ServerProcess) -> None:
             self._record(key, "llmserve-stream",
-                         lambda: load_server(server.url, flags, server.pid))
+                         lambda: load_server(server.url, probed, server.pid))
             self._record(key, "llmserve-unary", lambda: load_server(
                 server.url.replace("grpc://", "grpc+unary://"), flags, server.pid))
             if server.http_url:
@@ -193,7 +210,7 @@ class Suite:
         self._server(key, keys, llmserve_server(model, logs, interval), llmserve)
         self._server(key, ["vllm-serve"], vllm_openai_server(model, logs, interval),
                      lambda server: self._record(
-                         key, "vllm-serve", lambda: load_server(server.url, flags, server.pid)))
+                         key, "vllm-serve", lambda: load_server(server.url, probed, server.pid)))
 
     def run_frontend_only(self) -> None:
         flags = load_flags("frontend", self.concurrency, self.args.output_len, self.quick)
