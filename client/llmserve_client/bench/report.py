@@ -149,7 +149,7 @@ def _ttft_probe(run: dict | None) -> tuple[float, ...]:
 
 
 def _ttft_probe_lines(runs: dict[str, dict]) -> list[str]:
-    probed = {key: _ttft_probe(run) for key, run in runs.items() if _ttft_probe(run)}
+    probed = {key: values for key, run in runs.items() if (values := _ttft_probe(run))}
     if not probed:
         return []
     return ["", "TTFT p50 of one-token requests at C=1, ms, per probe run (after a warm-up run): "
