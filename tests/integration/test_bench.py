@@ -235,25 +235,85 @@ def test_goal_verdicts_tell_a_decisive_fail_from_one_within_the_spread():
 def test_report_names_the_targets_that_ran_while_the_host_was_slower(tmp_path):
     from llmserve_client.bench.suite import speed_probe_ms
 
-    def results(probes: dict[str, float]) -> dict:
+    def results(probes: dict[str, list[float] | float]) -> dict:
         runs = [{"model": "frontend", "target": target, "levels": [], "error": None,
                  "speed_probe_ms": ms} for target, ms in probes.items()]
         return {"meta": report_meta(quick=False), "runs": runs, "profile": None}
 
-    def report(probes: dict[str, float]) -> str:
+    def report(probes: dict[str, list[float] | float]) -> str:
         write_report(results(probes), tmp_path / "BENCHMARKS.md", None)
         return (tmp_path / "BENCHMARKS.md").read_text()
 
-    slowed = report({"fake": 20.0, "fake-merged": 22.0, "echo": 30.0})
-    steady = report({"fake": 20.0, "echo": 21.0})
+    slowed = report({"fake": [20.0, 21.0], "fake-merged": [22.0, 20.0], "echo": [21.0, 30.0]})
+    steady = report({"fake": [20.0, 20.0], "echo": [21.0, 20.0]})
+    before_rounds = report({"fake": 20.0, "echo": 30.0})  # JSON from before the rounds
 
     assert "> **The host slowed down** during the run" in slowed
-    assert "before frontend bare grpc.aio echo server (1.50×)." in slowed
-    assert "merging unread tokens (like vLLM) (1.10×)" not in slowed
-    assert ("Host speed before each target (a fixed Python loop, × its fastest time): "
-            "frontend llmserve + fake engine, StreamGenerate 1.00×") in slowed
-    assert "slowed down" not in steady and "bare grpc.aio echo server 1.05×" in steady
+    assert "before some rounds of frontend bare grpc.aio echo server (1.05×/1.50×)." in slowed
+    assert "merging unread tokens (like vLLM) (1.10×" not in slowed
+    assert ("Host speed before each target's rounds (a fixed Python loop, × its fastest time): "
+            "frontend llmserve + fake engine, StreamGenerate 1.00×/1.05×") in slowed
+    assert "slowed down" not in steady and "bare grpc.aio echo server 1.05×/1.00×" in steady
+    assert "before some rounds of frontend bare grpc.aio echo server (1.50×)." in before_rounds
     assert speed_probe_ms() > 0
+
+
+def test_the_suite_runs_its_targets_in_rounds_in_alternating_order(tmp_path, monkeypatch):
+    """Three rounds of the frontend-only targets: a server of its own per round, stopped after
+    it; the middle round in the opposite order; each record keeps its three rounds."""
+    import argparse
+
+    from llmserve_client.bench import suite as suite_module
+
+    started: list[ServerProcess] = []
+
+    def recording_server(module: str, log_dir, key: str, extra_args) -> ServerProcess:
+        started.append(real_server(module, log_dir, key, extra_args))
+        return started[-1]
+
+    real_server = suite_module.bench_grpc_server
+    monkeypatch.setattr(suite_module, "bench_grpc_server", recording_server)
+    suite = suite_module.Suite(argparse.Namespace(quick=True, concurrency=[2], work_dir=tmp_path,
+                                                  repeats=3, output_len=4))
+    suite.run_frontend_only()
+
+    order = ["fake", "fake-merged", "echo"]
+    assert [server.name for server in started] == [*order, *order[::-1], *order]
+    assert all(server.process.poll() is not None for server in started)
+    assert [run["target"] for run in suite.runs] == order
+    for run in suite.runs:
+        assert run["error"] is None and len(run["speed_probe_ms"]) == 3
+        (level,) = run["levels"]
+        assert level["concurrency"] == 2 and level["errors"] == 0
+        assert len(level["repeats_output_tokens_per_s"]) == 3
+
+
+def test_a_target_whose_server_fails_to_start_is_not_retried_in_later_rounds(tmp_path,
+                                                                              monkeypatch):
+    import argparse
+
+    from llmserve_client.bench import suite as suite_module
+
+    started: list[str] = []
+
+    def server(module: str, log_dir, key: str, extra_args) -> ServerProcess:
+        started.append(key)
+        if key == "echo":
+            return ServerProcess(key, [sys.executable, "-c", "raise SystemExit(3)"],
+                                 lambda: False, log_dir / "echo.log", "grpc://unused")
+        return real_server(module, log_dir, key, extra_args)
+
+    real_server = suite_module.bench_grpc_server
+    monkeypatch.setattr(suite_module, "bench_grpc_server", server)
+    suite = suite_module.Suite(argparse.Namespace(quick=True, concurrency=[1], work_dir=tmp_path,
+                                                  repeats=2, output_len=2))
+    suite.run_frontend_only()
+
+    assert started == ["fake", "fake-merged", "echo", "fake-merged", "fake"]
+    runs = {run["target"]: run for run in suite.runs}
+    assert runs["echo"]["levels"] == []
+    assert runs["echo"]["error"].startswith("server failed to start: echo exited with 3")
+    assert len(runs["fake"]["levels"][0]["repeats_output_tokens_per_s"]) == 2
 
 
 def test_the_ttft_probe_runs_one_token_requests_at_c1_after_the_levels(bench_server, tmp_path):
@@ -280,14 +340,15 @@ def test_the_suite_keeps_probe_runs_apart(tmp_path):
                 **({"ttft_probe": True} if probe else {})}
 
     suite = Suite(argparse.Namespace(quick=False, concurrency=[1], work_dir=tmp_path, repeats=2))
-    repeats = iter([[level(80.0), level(40.0, True), level(11.0, True)],
-                    [level(90.0), level(40.0, True), level(12.0, True)]])
-    suite._record("tiny", "llmserve-stream", lambda: next(repeats))
+    for levels in ([level(80.0), level(40.0, True), level(11.0, True)],
+                   [level(90.0), level(40.0, True), level(12.0, True)]):
+        suite._measure("tiny", "llmserve-stream", lambda levels=levels: levels)
+    suite._record("tiny", "llmserve-stream")
 
     (run,) = suite.runs
     assert run["levels"] == [{**level(80.0), "repeats_output_tokens_per_s": [100.0, 100.0],
                               "repeats_ttft_p50_ms": [80.0, 90.0]}]
-    assert run["ttft_probe_p50_ms"] == [11.0, 12.0]  # each repeat's first probe run warms up
+    assert run["ttft_probe_p50_ms"] == [11.0, 12.0]  # each round's first probe run warms up
 
 
 def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, tmp_path):

@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(--quick: {list(QUICK_CONCURRENCY)}).")
     suite.add_argument("--output-len", type=int, default=64)
     suite.add_argument("--repeats", type=positive_int, default=1,
-                       help="Run every target this many times and report, per concurrency, the "
-                            "run with the median tokens/s (default %(default)s).")
+                       help="Run the targets in this many rounds (the order reversed every "
+                            "other round) and report, per concurrency, the round with the "
+                            "median tokens/s (default %(default)s).")
     suite.add_argument("--stream-interval", type=positive_int, default=1,
                        help="vLLM's --stream-interval for every engine (in-process, llmserve, "
                             "vllm serve): at most this many tokens per streamed message "

@@ -290,9 +290,9 @@ def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
     """Issue 6's targets, checked against this run's numbers."""
     stream = "llmserve-stream"
     lines = ["## Goals (issue 6), checked against this run", "",
-             "Each cell: the measure between the median runs, then [its lowest to its highest "
-             "between any repeat of llmserve and any repeat of the reference]. A FAIL that "
-             "some pair of repeats would pass is marked *within the run-to-run spread*.", ""]
+             "Each cell: the measure between the median rounds, then [its lowest to its highest "
+             "between any round of llmserve and any round of the reference]. A FAIL that "
+             "some pair of rounds would pass is marked *within the run-to-run spread*.", ""]
     models = [m for m in ("smollm2", "tiny") if m in groups]
 
     def versus(reference: str, field: str, pct: str | None = None) -> list[Cell]:
@@ -355,37 +355,46 @@ def _profile_section(profile: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _speed_probes(runs: list[dict]) -> list[tuple[str, float]]:
-    """(target, its speed probe × the fastest probe of the run), for runs that have one."""
+def _speed_probes(runs: list[dict]) -> list[tuple[str, list[float]]]:
+    """(target, its speed probe before each round × the fastest probe of the run), for runs
+    that have them (one number, not a list, in JSON from before the rounds)."""
     probes = [(f"{run['model']} {TARGET_LABELS.get(run['target'], run['target'])}",
-               run["speed_probe_ms"]) for run in runs if run.get("speed_probe_ms")]
-    fastest = min((ms for _, ms in probes), default=0)
-    return [(name, ms / fastest) for name, ms in probes]
+               ms if isinstance(ms, list) else [ms])
+              for run in runs if (ms := run.get("speed_probe_ms"))]
+    fastest = min((ms for _, values in probes for ms in values), default=0)
+    return [(name, [ms / fastest for ms in values]) for name, values in probes]
+
+
+def _ratios(ratios: list[float]) -> str:
+    return "/".join(f"{ratio:.2f}×" for ratio in ratios)
 
 
 def _slow_host_warning(runs: list[dict]) -> list[str]:
-    slow = [f"{name} ({ratio:.2f}×)" for name, ratio in _speed_probes(runs)
-            if ratio >= SLOW_HOST_RATIO]
+    slow = [f"{name} ({_ratios(ratios)})" for name, ratios in _speed_probes(runs)
+            if max(ratios) >= SLOW_HOST_RATIO]
     if not slow:
         return []
     return [f"> **The host slowed down** during the run: a fixed Python loop took at least "
-            f"{SLOW_HOST_RATIO:.2f}× its fastest time before {', '.join(slow)}. Those targets "
-            "ran on a slower machine than the others; compare them with care.", ""]
+            f"{SLOW_HOST_RATIO:.2f}× its fastest time before some rounds of "
+            f"{', '.join(slow)}. Those rounds ran on a slower machine than the others; compare "
+            "them with care.", ""]
 
 
 def _speed_probe_line(runs: list[dict]) -> list[str]:
     probes = _speed_probes(runs)
     if not probes:
         return []
-    return ["- Host speed before each target (a fixed Python loop, × its fastest time): "
-            + ", ".join(f"{name} {ratio:.2f}×" for name, ratio in probes)]
+    return ["- Host speed before each target's rounds (a fixed Python loop, × its fastest "
+            "time): " + ", ".join(f"{name} {_ratios(ratios)}" for name, ratios in probes)]
 
 
 def _repeats_note(repeats: int) -> str:
     if repeats <= 1:
         return ""
-    return (f"; every target ran {repeats} times and each cell is the run with the median "
-            "tokens/s at that C (all runs' tokens/s in the JSON)")
+    return (f"; the targets ran in {repeats} rounds, each target once per round and in the "
+            "opposite order every other round, so that a drift of the host's speed falls on "
+            "every target alike; each cell is the round with the median tokens/s at that C "
+            "(all rounds' tokens/s in the JSON)")
 
 
 def _stream_interval_note(stream_interval: int) -> str:
@@ -430,7 +439,7 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         f"`{meta['command']}`; reproduce with `make bench` (`make bench-quick` for a short "
         f"run). Raw results: `{meta.get('results_json', 'docs/bench.json')}`.",
         "",
-        "Every target ran on this machine one after another, with the same prompts, output "
+        "Every target ran on this machine, one at a time, with the same prompts, output "
         "lengths and engine settings (vLLM float32, eager mode, 2 GiB KV cache, greedy "
         "decoding, every request exactly "
         f"{meta['output_len']} output tokens with `ignore_eos`"
@@ -467,7 +476,7 @@ def markdown(results: dict, plot: Path | None, markdown_path: Path) -> str:
         "- TTFT: request sent → first streamed message with a token. ITL: gap between "
         "streamed messages. Unary `Generate` has neither.",
         "- TTFT probe: after their levels, the in-process engine, llmserve StreamGenerate and "
-        "`vllm serve` run one-token requests at C=1 (`--ttft-probe`), per repeat a warm-up run "
+        "`vllm serve` run one-token requests at C=1 (`--ttft-probe`), per round a warm-up run "
         "and then the runs listed in each model's section: TTFT p50s with next to no decoding "
         "in them and many requests behind them, whose medians the C=1 TTFT goal compares.",
         "",

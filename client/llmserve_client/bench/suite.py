@@ -1,13 +1,14 @@
-"""The benchmark suite: every target, one after another, same prompts, lengths and engine settings.
+"""The benchmark suite: every target in turn, in rounds, same prompts, lengths and engine settings.
 
 For each model: vLLM's AsyncLLM in-process (the limit), llmserve over gRPC (StreamGenerate and
-Generate, and HTTP when the server has it), `vllm serve`'s OpenAI API (the peer). Then the
-frontend-only pair: llmserve with the fake engine against a bare grpc.aio echo server. Finally a
-py-spy profile of llmserve on the tiny model at C=64, and BENCHMARKS.md with a plot.
+Generate, and HTTP when the server has it), `vllm serve`'s OpenAI API (the peer), with a py-spy
+profile of llmserve on the tiny model at C=64. Then the frontend-only pair: llmserve with the
+fake engine against a bare grpc.aio echo server. Finally BENCHMARKS.md with a plot.
 """
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import logging
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llmserve_client.bench import grpc_settings
@@ -135,6 +136,10 @@ def load_inprocess(model: Path, flags: Sequence[str], work_dir: Path,
 
 
 class Suite:
+    """Runs the targets in --repeats rounds, every target once per round, in the opposite order
+    every other round: a drift of the host's speed over the run then falls on every target alike,
+    instead of on whichever ran last."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.quick = args.quick
@@ -143,43 +148,76 @@ class Suite:
         self.work_dir = args.work_dir
         self.runs: list[dict] = []
         self.profile: dict | None = None
+        # (model, target) → that target's rounds so far; made into a record of `runs` at the end.
+        self._rounds: dict[tuple[str, str], dict] = {}
 
-    def _record(self, model: str, target: str, measure) -> None:
-        """Runs one target's levels (--repeats times, keeping each level's median run); a
-        failure is recorded and the suite goes on."""
+    def _target_rounds(self, model: str, target: str) -> dict:
+        return self._rounds.setdefault((model, target), {
+            "levels": [], "speed_probe_ms": [], "seconds": 0.0, "error": None})
+
+    def _failed(self, model: str, targets: Sequence[str]) -> bool:
+        return all(self._target_rounds(model, target)["error"] for target in targets)
+
+    def _measure(self, model: str, target: str, measure) -> None:
+        """One round of a target. A failure is recorded, ends that target's rounds, and the
+        suite goes on."""
+        rounds = self._target_rounds(model, target)
+        if rounds["error"]:
+            return
         started = time.monotonic()
-        record = {"model": model, "target": target, "levels": [], "error": None,
-                  "speed_probe_ms": speed_probe_ms()}
+        rounds["speed_probe_ms"].append(speed_probe_ms())
         try:
-            repeats = [measure() for _ in range(self.args.repeats)]
-            record["levels"] = median_levels([[level for level in levels
-                                               if not level.get("ttft_probe")]
-                                              for levels in repeats])
-            probes = [[level for level in levels if level.get("ttft_probe")]
-                      for levels in repeats]
-            if any(probes):  # each repeat's first probe run warms up
-                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for runs in probes
-                                               for run in runs[1:]]
+            rounds["levels"].append(measure())
         except Exception as exc:
             logger.exception("%s on %s failed", target, model)
-            record["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        record["seconds"] = round(time.monotonic() - started, 1)
+            rounds["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        rounds["seconds"] += time.monotonic() - started
+
+    def _record(self, model: str, target: str) -> None:
+        """A target's record: per level the round with the median tokens/s, and its probe runs."""
+        rounds = self._rounds.pop((model, target))
+        record = {"model": model, "target": target, "levels": [], "error": rounds["error"],
+                  "speed_probe_ms": rounds["speed_probe_ms"],
+                  "seconds": round(rounds["seconds"], 1)}
+        if not rounds["error"]:
+            record["levels"] = median_levels([[level for level in levels
+                                               if not level.get("ttft_probe")]
+                                              for levels in rounds["levels"]])
+            probes = [[level for level in levels if level.get("ttft_probe")]
+                      for levels in rounds["levels"]]
+            if any(probes):  # each round's first probe run warms up
+                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for runs in probes
+                                               for run in runs[1:]]
         self.runs.append(record)
 
-    def _server(self, model: str, target_keys: Sequence[str], server: ServerProcess,
-                measure) -> None:
+    def _server(self, model: str, target_keys: Sequence[str],
+                make_server: Callable[[], ServerProcess], measure) -> None:
+        if self._failed(model, target_keys):
+            return
+        server = make_server()
         try:
             try:
                 server.start()
             except Exception as exc:
                 logger.exception("%s failed to start", server.name)
                 for key in target_keys:
-                    self.runs.append({"model": model, "target": key, "levels": [],
-                                      "error": f"server failed to start: {exc}"[:300]})
+                    rounds = self._target_rounds(model, key)
+                    rounds["error"] = rounds["error"] or f"server failed to start: {exc}"[:300]
                 return
             measure(server)
         finally:
             server.stop()  # also when the suite is interrupted while the server starts
+
+    def _in_rounds(self, model: str, stages: Sequence[tuple[Sequence[str], Callable]]) -> None:
+        """Runs each stage (its targets, and a function of the round's order: reversed or not)
+        once per round, the stages in the opposite order every other round; then records them."""
+        for round_index in range(self.args.repeats):
+            reverse = round_index % 2 == 1
+            for _, run_stage in (stages[::-1] if reverse else stages):
+                run_stage(reverse)
+        for targets, _ in stages:
+            for target in targets:
+                self._record(model, target)
 
     def run_model(self, key: str) -> None:
         model = model_dir(key)
@@ -191,34 +229,48 @@ class Suite:
         # The targets whose C=1 TTFT the goals compare also run the one-token probe.
         probed = [*flags, "--ttft-probe", str(probe_runs),
                   "--ttft-probe-requests", str(probe_requests)]
-        self._record(key, "inprocess", lambda: load_inprocess(model, probed, logs, interval))
-
         http = llmserve_has_http()
         keys = ["llmserve-stream", "llmserve-unary", *(["llmserve-http"] if http else [])]
 
-        def llmserve(server: ServerProcess) -> None:
-            self._record(key, "llmserve-stream",
-                         lambda: load_server(server.url, probed, server.pid))
-            self._record(key, "llmserve-unary", lambda: load_server(
-                server.url.replace("grpc://", "grpc+unary://"), flags, server.pid))
-            if server.http_url:
-                self._record(key, "llmserve-http",
-                             lambda: load_server(server.http_url, flags, server.pid))
-            if key == "tiny" and self.args.profile:
-                self.profile = profile_server(server, flags, self.work_dir)
+        def inprocess(reverse: bool) -> None:
+            self._measure(key, "inprocess", lambda: load_inprocess(model, probed, logs, interval))
 
-        self._server(key, keys, llmserve_server(model, logs, interval), llmserve)
-        self._server(key, ["vllm-serve"], vllm_openai_server(model, logs, interval),
-                     lambda server: self._record(
-                         key, "vllm-serve", lambda: load_server(server.url, probed, server.pid)))
+        def llmserve(reverse: bool) -> None:
+            def measure(server: ServerProcess) -> None:
+                urls = {"llmserve-stream": (server.url, probed),
+                        "llmserve-unary": (server.url.replace("grpc://", "grpc+unary://"), flags),
+                        "llmserve-http": (server.http_url, flags)}
+                for target in (keys[::-1] if reverse else keys):
+                    url, target_flags = urls[target]
+                    self._measure(key, target,
+                                  functools.partial(load_server, url, target_flags, server.pid))
+                if key == "tiny" and self.args.profile and self.profile is None:
+                    self.profile = profile_server(server, flags, self.work_dir)
+
+            self._server(key, keys, lambda: llmserve_server(model, logs, interval), measure)
+
+        def vllm_serve(reverse: bool) -> None:
+            self._server(key, ["vllm-serve"], lambda: vllm_openai_server(model, logs, interval),
+                         lambda server: self._measure(
+                             key, "vllm-serve", lambda: load_server(server.url, probed,
+                                                                    server.pid)))
+
+        self._in_rounds(key, [(["inprocess"], inprocess), (keys, llmserve),
+                              (["vllm-serve"], vllm_serve)])
 
     def run_frontend_only(self) -> None:
         flags = load_flags("frontend", self.concurrency, self.args.output_len, self.quick)
-        for module, key, extra_args in FRONTEND_SERVERS:
-            self._server("frontend", [key], bench_grpc_server(module, self.work_dir, key,
-                                                              extra_args),
-                         lambda server, key=key: self._record(
-                             "frontend", key, lambda: load_server(server.url, flags, server.pid)))
+
+        def stage(module: str, key: str, extra_args: Sequence[str]) -> tuple[list[str], Callable]:
+            def run_stage(reverse: bool) -> None:
+                self._server("frontend", [key],
+                             lambda: bench_grpc_server(module, self.work_dir, key, extra_args),
+                             lambda server: self._measure(
+                                 "frontend", key, lambda: load_server(server.url, flags,
+                                                                      server.pid)))
+            return [key], run_stage
+
+        self._in_rounds("frontend", [stage(*server) for server in FRONTEND_SERVERS])
 
     def run(self) -> dict:
         meta = machine_info(self.quick)
