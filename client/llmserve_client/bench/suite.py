@@ -209,12 +209,11 @@ class Suite:
             server.stop()  # also when the suite is interrupted while the server starts
 
     def _in_rounds(self, model: str, stages: Sequence[tuple[Sequence[str], Callable]]) -> None:
-        """Runs each stage (its targets, and a function of the round's order: reversed or not)
-        once per round, the stages in the opposite order every other round; then records them."""
+        """Runs each stage (its targets, and a function of the round's index) once per round,
+        the stages in the opposite order in odd rounds; then records their targets."""
         for round_index in range(self.args.repeats):
-            reverse = round_index % 2 == 1
-            for _, run_stage in (stages[::-1] if reverse else stages):
-                run_stage(reverse)
+            for _, run_stage in in_round_order(stages, round_index):
+                run_stage(round_index)
         for targets, _ in stages:
             for target in targets:
                 self._record(model, target)
@@ -232,24 +231,24 @@ class Suite:
         http = llmserve_has_http()
         keys = ["llmserve-stream", "llmserve-unary", *(["llmserve-http"] if http else [])]
 
-        def inprocess(reverse: bool) -> None:
+        def inprocess(round_index: int) -> None:
             self._measure(key, "inprocess", lambda: load_inprocess(model, probed, logs, interval))
 
-        def llmserve(reverse: bool) -> None:
+        def llmserve(round_index: int) -> None:
             def measure(server: ServerProcess) -> None:
                 urls = {"llmserve-stream": (server.url, probed),
                         "llmserve-unary": (server.url.replace("grpc://", "grpc+unary://"), flags),
                         "llmserve-http": (server.http_url, flags)}
-                for target in (keys[::-1] if reverse else keys):
+                for target in in_round_order(keys, round_index):
                     url, target_flags = urls[target]
                     self._measure(key, target,
                                   functools.partial(load_server, url, target_flags, server.pid))
-                if key == "tiny" and self.args.profile and self.profile is None:
+                if key == "tiny" and self.args.profile and round_index == 0:
                     self.profile = profile_server(server, flags, self.work_dir)
 
             self._server(key, keys, lambda: llmserve_server(model, logs, interval), measure)
 
-        def vllm_serve(reverse: bool) -> None:
+        def vllm_serve(round_index: int) -> None:
             self._server(key, ["vllm-serve"], lambda: vllm_openai_server(model, logs, interval),
                          lambda server: self._measure(
                              key, "vllm-serve", lambda: load_server(server.url, probed,
@@ -262,7 +261,7 @@ class Suite:
         flags = load_flags("frontend", self.concurrency, self.args.output_len, self.quick)
 
         def stage(module: str, key: str, extra_args: Sequence[str]) -> tuple[list[str], Callable]:
-            def run_stage(reverse: bool) -> None:
+            def run_stage(round_index: int) -> None:
                 self._server("frontend", [key],
                              lambda: bench_grpc_server(module, self.work_dir, key, extra_args),
                              lambda server: self._measure(
@@ -285,6 +284,11 @@ class Suite:
         meta["finished"] = _now()
         meta["load_average_end"] = os.getloadavg()
         return {"meta": meta, "runs": self.runs, "profile": self.profile}
+
+
+def in_round_order(items: Sequence, round_index: int) -> Sequence:
+    """The order of a round: as given in even rounds, reversed in odd ones."""
+    return items[::-1] if round_index % 2 else items
 
 
 def median_levels(runs: list[list[dict]]) -> list[dict]:
