@@ -200,3 +200,20 @@ def test_engine_core_is_bound_to_the_workers_cores(tiny_server):
         assert {frozenset(os.sched_getaffinity(t.id)) for t in engine_core.threads()} == {
             frozenset(worker_cpus)}
     assert os.sched_getaffinity(tiny_server.process.pid) == os.sched_getaffinity(0)
+
+
+def test_the_logprobs_kernel_is_compiled_before_the_server_turns_ready(tiny_server):
+    """vLLM compiles its token-rank kernel on the first request that asks for logprobs, and
+    every request in the engine waits meanwhile (17 s with a cold compile cache here): the
+    server runs that first request itself, before it reports ready."""
+    log = tiny_server.log_path.read_text(errors="replace")
+    warmed_up = log.find("warmed up vLLM's logprobs kernel in ")
+    ready = log.find(" ready (max_model_len=")
+    assert 0 <= warmed_up < ready, "no logprobs warm-up before the model turned ready"
+
+    with LlmClient(tiny_server.target) as client:
+        response = client.generate("warm", max_tokens=3, logprobs=2, ignore_eos=True,
+                                   request_id="after-warm-up")
+    (completion,) = response.completions
+    assert len(completion.logprobs) == 3
+    assert all(len(position.top) == 2 for position in completion.logprobs)

@@ -6,6 +6,7 @@ CUDA build (vllm); only the installed package differs.
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Sequence
 
 import vllm
@@ -33,6 +34,10 @@ from llmserve.engine.protocol import (
 from llmserve.errors import EngineDeadError, InvalidArgumentError, UnavailableError
 
 logger = logging.getLogger(__name__)
+
+WARM_UP_PROMPT = "Warming up"
+# Request ids of client requests end in "-<sequence number>" (`ServerState.prepare`).
+WARM_UP_REQUEST_ID = "llmserve-warm-up"
 
 
 def is_cpu_platform() -> bool:
@@ -74,7 +79,24 @@ class VllmEngine:
         )
         if bind_engine_core and is_cpu_platform():
             bind_engine_core_to_workers()
-        return cls(llm, served_model_name)
+        engine = cls(llm, served_model_name)
+        await engine._warm_up_logprobs()
+        return engine
+
+    async def _warm_up_logprobs(self) -> None:
+        """Generates one token with logprobs before the server turns ready.
+
+        vLLM compiles its token-rank kernel (torch.compile) on the first request that asks for
+        logprobs, and the whole engine waits meanwhile: seconds with a warm compile cache, over
+        20 s cold on 2 CPUs, during which no request gets a token.
+        """
+        started = time.monotonic()
+        params = SamplingParams(max_tokens=1, logprobs=1, prompt_logprobs=1,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        prompt = tokens_input(self.tokenize(WARM_UP_PROMPT))
+        async for _ in self._llm.generate(prompt, params, WARM_UP_REQUEST_ID):
+            pass
+        logger.info("warmed up vLLM's logprobs kernel in %.1f s", time.monotonic() - started)
 
     # Tokenizer.
 
