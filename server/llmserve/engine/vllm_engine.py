@@ -88,7 +88,8 @@ class VllmEngine:
 
         vLLM compiles its token-rank kernel (torch.compile) on the first request that asks for
         logprobs, and the whole engine waits meanwhile: seconds with a warm compile cache, over
-        20 s cold on 2 CPUs, during which no request gets a token.
+        20 s cold on 2 CPUs, during which no request gets a token. Without a working C++
+        compiler that compile kills the engine core: at start, not on a client's request.
         """
         started = time.monotonic()
         params = SamplingParams(max_tokens=1, logprobs=1, prompt_logprobs=1,
