@@ -258,24 +258,36 @@ def test_report_names_the_targets_that_ran_while_the_host_was_slower(tmp_path):
     assert speed_probe_ms() > 0
 
 
-def test_the_suite_runs_its_targets_in_rounds_in_alternating_order(tmp_path, monkeypatch):
-    """Three rounds of the frontend-only targets: a server of its own per round, stopped after
-    it; the middle round in the opposite order; each record keeps its three rounds."""
+def run_frontend_rounds(monkeypatch, tmp_path, server_for, repeats: int, concurrency: int,
+                        output_len: int):
+    """The suite's frontend-only targets in rounds (quick budgets), with `server_for(module,
+    log_dir, key, extra_args, real_server)` making each round's server."""
     import argparse
 
     from llmserve_client.bench import suite as suite_module
 
+    real_server = suite_module.bench_grpc_server
+    monkeypatch.setattr(suite_module, "bench_grpc_server",
+                        lambda *args: server_for(*args, real_server))
+    suite = suite_module.Suite(argparse.Namespace(
+        quick=True, concurrency=[concurrency], work_dir=tmp_path, repeats=repeats,
+        output_len=output_len))
+    suite.run_frontend_only()
+    return suite
+
+
+def test_the_suite_runs_its_targets_in_rounds_in_alternating_order(tmp_path, monkeypatch):
+    """Three rounds of the frontend-only targets: a server of its own per round, stopped after
+    it; the middle round in the opposite order; each record keeps its three rounds."""
     started: list[ServerProcess] = []
 
-    def recording_server(module: str, log_dir, key: str, extra_args) -> ServerProcess:
+    def recording_server(module: str, log_dir, key: str, extra_args,
+                         real_server) -> ServerProcess:
         started.append(real_server(module, log_dir, key, extra_args))
         return started[-1]
 
-    real_server = suite_module.bench_grpc_server
-    monkeypatch.setattr(suite_module, "bench_grpc_server", recording_server)
-    suite = suite_module.Suite(argparse.Namespace(quick=True, concurrency=[2], work_dir=tmp_path,
-                                                  repeats=3, output_len=4))
-    suite.run_frontend_only()
+    suite = run_frontend_rounds(monkeypatch, tmp_path, recording_server, repeats=3,
+                                concurrency=2, output_len=4)
 
     order = ["fake", "fake-merged", "echo"]
     assert [server.name for server in started] == [*order, *order[::-1], *order]
@@ -290,24 +302,17 @@ def test_the_suite_runs_its_targets_in_rounds_in_alternating_order(tmp_path, mon
 
 def test_a_target_whose_server_fails_to_start_is_not_retried_in_later_rounds(tmp_path,
                                                                               monkeypatch):
-    import argparse
-
-    from llmserve_client.bench import suite as suite_module
-
     started: list[str] = []
 
-    def server(module: str, log_dir, key: str, extra_args) -> ServerProcess:
+    def server(module: str, log_dir, key: str, extra_args, real_server) -> ServerProcess:
         started.append(key)
         if key == "echo":
             return ServerProcess(key, [sys.executable, "-c", "raise SystemExit(3)"],
                                  lambda: False, log_dir / "echo.log", "grpc://unused")
         return real_server(module, log_dir, key, extra_args)
 
-    real_server = suite_module.bench_grpc_server
-    monkeypatch.setattr(suite_module, "bench_grpc_server", server)
-    suite = suite_module.Suite(argparse.Namespace(quick=True, concurrency=[1], work_dir=tmp_path,
-                                                  repeats=2, output_len=2))
-    suite.run_frontend_only()
+    suite = run_frontend_rounds(monkeypatch, tmp_path, server, repeats=2, concurrency=1,
+                                output_len=2)
 
     assert started == ["fake", "fake-merged", "echo", "fake-merged", "fake"]
     runs = {run["target"]: run for run in suite.runs}
