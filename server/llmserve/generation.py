@@ -60,27 +60,30 @@ class ServerState:
         for generation in list(self.running):
             generation.cut_off()
 
-    def prepare(self, request: pb.GenerateRequest, request_id: str,
+    def prepare(self, request: pb.GenerateRequest, request_id: str, arrived_at: float,
                 stream: bool) -> "Generation":
-        """Validates a request and builds its generation (not yet admitted)."""
+        """Validates a request and builds its generation (not yet admitted).
+
+        `arrived_at` is the call's arrival (`time.monotonic()`): the response timings start there.
+        """
         engine = self.serving_engine()
         # Engine ids stay unique even when clients reuse a request id.
         engine_request_id = f"{request_id}-{next(self._sequence)}"
         prepared = prepare_request(request, engine_request_id, engine, self.limits, stream)
-        return Generation(self, engine, prepared, request_id)
+        return Generation(self, engine, prepared, request_id, arrived_at)
 
 
 class Generation:
     """One validated request: run it once, read its responses from `builder`."""
 
     def __init__(self, state: ServerState, engine: Engine, prepared: PreparedRequest,
-                 request_id: str):
+                 request_id: str, arrived_at: float):
         self.state = state
         self.engine = engine
         self.prepared = prepared
         generation = prepared.generation
         self.builder = ResponseBuilder(request_id, len(generation.prompt_token_ids),
-                                       generation.n, prepared.echo_text)
+                                       generation.n, prepared.echo_text, arrived_at)
         # The task running the request, and the timer that stops it at its deadline or time
         # limit. Stopping cancels the task while it waits for the engine; during `on_output` it
         # waits for the handler to return (a gRPC write cut short leaves its send pending, and

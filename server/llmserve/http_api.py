@@ -305,7 +305,7 @@ class HttpApi:
         if grpc_request.request_id:  # the body's id wins over the header's, as over gRPC
             call.request_id = check_request_id(grpc_request.request_id)
             request_id_var.set(call.request_id)
-        generation = self.state.prepare(grpc_request, call.request_id, stream)
+        generation = self.state.prepare(grpc_request, call.request_id, call.start, stream)
         call.prompt_tokens = generation.builder.prompt_tokens
         if stream:
             return await self._stream(request, generation, call)

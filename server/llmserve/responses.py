@@ -55,13 +55,15 @@ def _add_completion(response: pb.GenerateResponse, delta: CompletionDelta, text:
 class ResponseBuilder:
     """Tracks one request's progress: token counts, timings, echo, and unfinished completions."""
 
-    def __init__(self, request_id: str, prompt_tokens: int, n: int, echo_text: str | None):
+    def __init__(self, request_id: str, prompt_tokens: int, n: int, echo_text: str | None,
+                 started_at: float):
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.cached_prompt_tokens = 0
         self.queued_seconds = 0.0
-        self._start = time.monotonic()
+        # The call's arrival (time.monotonic()): validation and tokenization count too.
+        self._start = started_at
         self._first_token_at: float | None = None
         self._echo_text = echo_text
         self._echoed: set[int] = set()

@@ -39,6 +39,8 @@ class CallRecord:
 
     method: str
     request_id: str
+    # When the call reached the handler (time.monotonic()): durations and timings start here.
+    start: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
     code: grpc.StatusCode = grpc.StatusCode.OK
@@ -79,12 +81,12 @@ def rpc(method: Callable[..., Awaitable]):
 
     @functools.wraps(method)
     async def handler(self: "LlmServicer", request, context: grpc.aio.ServicerContext):
+        start = time.monotonic()
         given_id = _given_request_id(request, context)
-        call = CallRecord(method=name, request_id=request_id_or_new(given_id))
+        call = CallRecord(method=name, request_id=request_id_or_new(given_id), start=start)
         request_id_var.set(call.request_id)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         request_size.observe(request.ByteSize())
-        start = time.monotonic()
         in_flight.inc()
         try:
             check_request_id(given_id)
@@ -124,7 +126,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
     @rpc
     async def Generate(self, request, context, call):
-        generation = self._state.prepare(request, call.request_id, stream=False)
+        generation = self._state.prepare(request, call.request_id, call.start, stream=False)
         call.prompt_tokens = generation.builder.prompt_tokens
         builder = generation.builder
 
@@ -139,7 +141,7 @@ class LlmServicer(pb_grpc.LlmServiceServicer):
 
     @rpc
     async def StreamGenerate(self, request, context, call):
-        generation = self._state.prepare(request, call.request_id, stream=True)
+        generation = self._state.prepare(request, call.request_id, call.start, stream=True)
         call.prompt_tokens = generation.builder.prompt_tokens
         builder = generation.builder
         messages = 0

@@ -1,5 +1,7 @@
 """The servicer through grpc_testing: translation, validation errors and status mapping."""
 
+import time
+
 import grpc
 import pytest
 
@@ -24,6 +26,25 @@ def test_generate_returns_whole_completion_with_usage(harness):
     assert response.finished
     assert response.timings.total_ms >= response.timings.time_to_first_token_ms >= 0
     assert dict(metadata)["x-request-id"] == response.request_id
+
+
+@pytest.mark.parametrize("method", ["Generate", "StreamGenerate"])
+def test_timings_start_when_the_call_arrives_so_tokenization_counts(harness, engine,
+                                                                   monkeypatch, method):
+    tokenize = engine.tokenize
+
+    def slow_tokenize(*args, **kwargs):
+        time.sleep(0.05)
+        return tokenize(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "tokenize", slow_tokenize)
+    request = pb.GenerateRequest(text="Hi", max_tokens=2)
+    if method == "Generate":
+        response = harness.unary(method, request)[0]
+    else:
+        response = harness.stream(method, request)[0][-1]
+    assert response.timings.time_to_first_token_ms >= 50
+    assert response.timings.total_ms >= response.timings.time_to_first_token_ms
 
 
 def test_generate_translates_every_parameter_to_the_engine(harness, engine):
