@@ -128,6 +128,9 @@ def response_json(response: pb.GenerateResponse, final: bool = True) -> dict:
     body["finish_reasons"] = [_finish_reason(c.finish_reason) for c in response.completions]
     body["usage"] = {"prompt_tokens": response.usage.prompt_tokens,
                      "completion_tokens": response.usage.completion_tokens}
+    body["timings"] = {"queued_ms": response.timings.queued_ms,
+                       "time_to_first_token_ms": response.timings.time_to_first_token_ms,
+                       "total_ms": response.timings.total_ms}
     if any(c.logprobs for c in response.completions):
         body["logprobs"] = [_logprobs_json(c.logprobs) for c in response.completions]
     if response.prompt_logprobs:

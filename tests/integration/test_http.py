@@ -70,6 +70,9 @@ def test_generate_returns_prompt_and_completion_like_vllm_demo(client):
     assert body["text"] == ["My name isThe q"]
     assert body["finish_reasons"] == ["length"]
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 5}
+    timings = body["timings"]
+    assert set(timings) == {"queued_ms", "time_to_first_token_ms", "total_ms"}
+    assert timings["total_ms"] >= timings["time_to_first_token_ms"] > 0
     assert response.headers["x-request-id"] == body["request_id"]
 
 
@@ -109,6 +112,7 @@ def test_stream_sends_growing_texts_then_the_summary(client):
     assert all(set(line) == {"text"} for line in lines[:-1])
     assert lines[-1]["finish_reasons"] == ["length"]
     assert lines[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 6}
+    assert lines[-1]["timings"]["total_ms"] >= lines[-1]["timings"]["time_to_first_token_ms"] > 0
 
 
 def test_stream_and_unary_and_grpc_agree(client, http_server):
