@@ -22,6 +22,7 @@ from llmserve_client.bench.servers import ServerProcess
 from llmserve_client.bench.targets import open_target
 from tests.integration.conftest import ThreadedServer
 from tests.integration.test_server import wait_until
+from tests.support.processes import free_port
 
 OUTPUT_LEN = 8
 
@@ -29,9 +30,15 @@ OUTPUT_LEN = 8
 @pytest.fixture
 def bench_server():
     # Room for the bundled prompts: the fake tokenizer makes one token per byte.
-    threaded = ThreadedServer(FakeEngine(max_model_len=2048)).start()
+    threaded = ThreadedServer(FakeEngine(max_model_len=2048), http_port=free_port()).start()
     yield threaded
     threaded.stop()
+
+
+def target_url(server: ThreadedServer, scheme: str) -> str:
+    if scheme == "http":
+        return f"http://127.0.0.1:{server.server.http.port}"
+    return f"{scheme}://{server.target}"
 
 
 def report_meta(quick: bool) -> dict:
@@ -53,13 +60,13 @@ def run(url: str, specs: list[LoadSpec], **kwargs) -> list[dict]:
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("scheme", ["grpc", "grpc+unary"])
+@pytest.mark.parametrize("scheme", ["grpc", "grpc+unary", "http"])
 def test_fixed_concurrency_counts_every_request_and_token(bench_server, scheme):
     prompts = prompt_set(8)
     specs = [LoadSpec(prompts, [OUTPUT_LEN] * 6, concurrency=1),
              LoadSpec(prompts, [OUTPUT_LEN] * 10, concurrency=4)]
 
-    results = run(f"{scheme}://{bench_server.target}", specs, warmup=1)
+    results = run(target_url(bench_server, scheme), specs, warmup=1)
 
     assert [r["concurrency"] for r in results] == [1, 4]
     for result, spec in zip(results, specs, strict=True):
@@ -67,11 +74,15 @@ def test_fixed_concurrency_counts_every_request_and_token(bench_server, scheme):
         assert result["requests"] == result["completed"] == count
         assert result["errors"] == 0
         assert result["output_tokens"] == result["expected_output_tokens"] == count * OUTPUT_LEN
-        if scheme == "grpc":  # one token per message from the fake engine
-            assert result["messages"] == count * OUTPUT_LEN
-            assert result["ttft_ms"]["p50"] > 0
-        else:
-            assert result["ttft_ms"] is None
+        if scheme == "grpc+unary":
+            assert result["ttft_ms"] is None and result["ttft_outside_server_ms"] is None
+            continue
+        # One token per message from the fake engine.
+        assert result["messages"] == count * OUTPUT_LEN
+        # The server's own TTFT lies within the client's, request by request.
+        outside = result["ttft_outside_server_ms"]
+        assert result["ttft_ms"]["p50"] > outside["p50"] > 0
+        assert outside["p90"] >= outside["p50"]
 
 
 def test_poisson_rate_with_sampled_lengths(bench_server):
@@ -342,6 +353,7 @@ def test_the_suite_keeps_probe_runs_apart(tmp_path):
 
     def level(ttft: float, probe: bool = False) -> dict:
         return {"concurrency": 1, "output_tokens_per_s": 100.0, "ttft_ms": {"p50": ttft},
+                "ttft_outside_server_ms": {"p50": ttft / 10, "p90": ttft / 5},
                 **({"ttft_probe": True} if probe else {})}
 
     suite = Suite(argparse.Namespace(quick=False, concurrency=[1], work_dir=tmp_path, repeats=2))
@@ -354,6 +366,7 @@ def test_the_suite_keeps_probe_runs_apart(tmp_path):
     assert run["levels"] == [{**level(80.0), "repeats_output_tokens_per_s": [100.0, 100.0],
                               "repeats_ttft_p50_ms": [80.0, 90.0]}]
     assert run["ttft_probe_p50_ms"] == [11.0, 12.0]  # each round's first probe run warms up
+    assert run["ttft_probe_outside_server_p50_ms"] == [1.1, 1.2]
 
 
 def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, tmp_path):
@@ -366,7 +379,9 @@ def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, 
         runs = [{"model": "tiny", "target": target, "levels": [limit if target == "inprocess"
                                                                else level],
                  "error": None, **({"ttft_probe_p50_ms": probes[target]}
-                                   if target in probes else {})}
+                                   if target in probes else {}),
+                 **({"ttft_probe_outside_server_p50_ms": [0.9, 1.5, 1.2]}
+                    if target == "llmserve-stream" else {})}
                 for target in ("inprocess", "llmserve-stream")]
         return {"meta": report_meta(quick=False), "runs": runs, "profile": None}
 
@@ -385,6 +400,13 @@ def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, 
             "in-process AsyncLLM (the limit) 9.00, 10.0 (median 9.50); llmserve gRPC "
             "StreamGenerate 11.0, 12.0 (median 11.5).") in probed
     assert "(tiny +30.0 ms)" in unprobed and "- FAIL: llmserve StreamGenerate TTFT" in unprobed
+    # The paired part: per probe run in the model's section, their median under the goal.
+    assert ("Of that, the part outside the server's own clock (the client's TTFT minus the "
+            "server's `timings.time_to_first_token_ms`") in probed
+    assert "p50, ms: llmserve gRPC StreamGenerate 0.90, 1.50, 1.20 (median 1.20)." in probed
+    assert ("  - paired per request, llmserve StreamGenerate's C=1 TTFT outside its server's "
+            "own clock (gRPC in and out, loopback, the client): tiny 1.20 ms [0.90 to 1.50]"
+            ) in probed
 
 
 def test_suite_refuses_zero_repeats(capsys):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llmserve.engine.cpu_placement import bind_engine_core_to_workers
-from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, LoadSpec, run_levels
+from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, LoadSpec, Reply, run_levels
 from llmserve_client.bench.servers import ENGINE_ENV
 from llmserve_client.bench.servers import engine_args as server_engine_args
 
@@ -33,7 +33,7 @@ class AsyncLLMTarget:
         self._delta = RequestOutputKind.DELTA
         self._ids = itertools.count()
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+    async def request(self, prompt: str, output_len: int) -> Reply:
         params = self._params(max_tokens=output_len, min_tokens=output_len, ignore_eos=True,
                               temperature=0.0, output_kind=self._delta)
         times: list[float] = []
@@ -42,7 +42,7 @@ class AsyncLLMTarget:
             async for output in self._llm.generate(prompt, params, f"bench-{next(self._ids)}"):
                 times.append(time.perf_counter())
                 tokens += len(output.outputs[0].token_ids)
-        return tokens, times
+        return Reply(tokens, times)
 
     async def close(self) -> None:
         pass

@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,17 @@ MAX_ERROR_EXAMPLES = 3
 T = TypeVar("T")
 
 
+class Reply(NamedTuple):
+    """One request's outcome, as a target reports it."""
+
+    # Output tokens, as the server counted them.
+    tokens: int
+    # The `time.perf_counter()` arrival of each streamed message that carried tokens.
+    times: list[float]
+    # The server's own time to first token, from the call's arrival (llmserve's `timings`).
+    server_ttft_ms: float | None = None
+
+
 class Target(Protocol):
     """A server (or engine) under test, seen from the load generator."""
 
@@ -31,12 +42,8 @@ class Target(Protocol):
     # False for unary APIs: no time to first token or inter-token latency then.
     streaming: bool
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
-        """Runs one request of exactly `output_len` output tokens (EOS ignored).
-
-        Returns the output token count the server reported and the `time.perf_counter()`
-        arrival time of each streamed message that carried tokens.
-        """
+    async def request(self, prompt: str, output_len: int) -> Reply:
+        """Runs one request of exactly `output_len` output tokens (EOS ignored)."""
         ...
 
     async def close(self) -> None: ...
@@ -66,6 +73,7 @@ class Sample:
     end: float = 0.0
     tokens: int = 0
     times: list[float] | None = None
+    server_ttft_ms: float | None = None
     error: str | None = None
 
 
@@ -97,8 +105,8 @@ async def run_load(target: Target, spec: LoadSpec,
     async def one(i: int) -> None:
         sample = Sample(time.perf_counter())
         try:
-            sample.tokens, sample.times = await target.request(prompts[i % len(prompts)],
-                                                               spec.output_lens[i])
+            sample.tokens, sample.times, sample.server_ttft_ms = await target.request(
+                prompts[i % len(prompts)], spec.output_lens[i])
         except Exception as exc:
             sample.error = _error_text(exc)
         sample.end = time.perf_counter()
@@ -166,11 +174,13 @@ def summarize(samples: Sequence[Sample], duration: float, spec: LoadSpec,
     ok = [s for s in samples if s.error is None]
     tokens = sum(s.tokens for s in ok)
     errors = [s.error for s in samples if s.error is not None]
-    ttft, itl = [], []
+    ttft, outside_server, itl = [], [], []
     if streaming:
         for s in ok:
             if s.times:
                 ttft.append((s.times[0] - s.start) * 1000)
+                if s.server_ttft_ms is not None:
+                    outside_server.append(ttft[-1] - s.server_ttft_ms)
                 itl.extend((b - a) * 1000 for a, b in itertools.pairwise(s.times))
     return {
         "concurrency": spec.concurrency,
@@ -186,6 +196,10 @@ def summarize(samples: Sequence[Sample], duration: float, spec: LoadSpec,
         "output_tokens_per_s": round(tokens / duration, 2),
         "messages": sum(len(s.times or ()) for s in ok),
         "ttft_ms": _percentiles(ttft, (50, 90, 99)),
+        # Per request, the TTFT the client saw minus the server's own: the call's way in and the
+        # first message's way out (gRPC or HTTP, loopback, the client), paired, so a drift of the
+        # host's speed between targets does not reach it.
+        "ttft_outside_server_ms": _percentiles(outside_server, (50, 90)),
         "itl_ms": _percentiles(itl, (50, 99)),
         "e2e_ms": _percentiles([(s.end - s.start) * 1000 for s in ok], (50, 99)),
     }

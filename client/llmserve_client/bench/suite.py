@@ -186,8 +186,12 @@ class Suite:
             probes = [[level for level in levels if level.get("ttft_probe")]
                       for levels in rounds["levels"]]
             if any(probes):  # each round's first probe run warms up
-                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for runs in probes
-                                               for run in runs[1:]]
+                probe_runs = [run for runs in probes for run in runs[1:]]
+                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for run in probe_runs]
+                outside = [run["ttft_outside_server_ms"]["p50"] for run in probe_runs
+                           if run.get("ttft_outside_server_ms")]
+                if outside:
+                    record["ttft_probe_outside_server_p50_ms"] = outside
         self.runs.append(record)
 
     def _server(self, model: str, target_keys: Sequence[str],

@@ -16,7 +16,7 @@ import grpc
 from llmserve.v1 import llmserve_pb2 as pb
 from llmserve.v1 import llmserve_pb2_grpc as pb_grpc
 from llmserve_client._common import channel_options
-from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, Target
+from llmserve_client.bench.loadgen import REQUEST_TIMEOUT_SECONDS, Reply, Target
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -36,7 +36,7 @@ class GrpcStreamTarget:
             address, options=channel_options(0, MAX_MESSAGE_BYTES, None))
         self._stub = pb_grpc.LlmServiceStub(self._channel)
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+    async def request(self, prompt: str, output_len: int) -> Reply:
         call = self._stub.StreamGenerate(generate_request(prompt, output_len),
                                          timeout=REQUEST_TIMEOUT_SECONDS)
         times: list[float] = []
@@ -47,7 +47,7 @@ class GrpcStreamTarget:
             last = message
         if last is None:
             raise RuntimeError("the stream ended without a message")
-        return last.usage.completion_tokens, times
+        return Reply(last.usage.completion_tokens, times, last.timings.time_to_first_token_ms)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -60,10 +60,10 @@ class GrpcUnaryTarget(GrpcStreamTarget):
         super().__init__(address)
         self.name = f"grpc+unary://{address}"
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+    async def request(self, prompt: str, output_len: int) -> Reply:
         response = await self._stub.Generate(generate_request(prompt, output_len),
                                              timeout=REQUEST_TIMEOUT_SECONDS)
-        return response.usage.completion_tokens, []
+        return Reply(response.usage.completion_tokens, [])
 
 
 class HttpStatusError(RuntimeError):
@@ -106,14 +106,15 @@ class LlmserveHttpTarget(_HttpTarget):
     def __init__(self, address: str):
         super().__init__(f"http://{address}", address)
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+    async def request(self, prompt: str, output_len: int) -> Reply:
         payload = {"prompt": prompt, "stream": True, "echo": False, "max_tokens": output_len,
                    "min_tokens": output_len, "ignore_eos": True, "temperature": 0.0}
         times, last = await self._stream("/generate", payload, b"{")
         final = json.loads(last)
         if "usage" not in final:
             raise RuntimeError(f"the stream ended without usage: {last[:200]!r}")
-        return final["usage"]["completion_tokens"], times
+        return Reply(final["usage"]["completion_tokens"], times,
+                     final["timings"]["time_to_first_token_ms"])
 
 
 class OpenAICompletionsTarget(_HttpTarget):
@@ -129,7 +130,7 @@ class OpenAICompletionsTarget(_HttpTarget):
                 self.model = (await response.json())["data"][0]["id"]
         return self
 
-    async def request(self, prompt: str, output_len: int) -> tuple[int, list[float]]:
+    async def request(self, prompt: str, output_len: int) -> Reply:
         payload = {
             "model": self.model, "prompt": prompt, "max_tokens": output_len,
             "min_tokens": output_len, "ignore_eos": True, "temperature": 0.0,
@@ -140,7 +141,7 @@ class OpenAICompletionsTarget(_HttpTarget):
         final = json.loads(last[6:])
         if not final.get("choices"):  # the usage-only chunk carries no token
             times.pop()
-        return final["usage"]["completion_tokens"], times
+        return Reply(final["usage"]["completion_tokens"], times)
 
 
 async def open_target(url: str, model: str | None = None) -> Target:
