@@ -21,6 +21,7 @@ from llmserve_client.bench.report import write_report
 from llmserve_client.bench.servers import ServerProcess
 from llmserve_client.bench.targets import open_target
 from tests.integration.conftest import ThreadedServer
+from tests.integration.test_http import http_url
 from tests.integration.test_server import wait_until
 from tests.support.processes import free_port
 
@@ -36,9 +37,7 @@ def bench_server():
 
 
 def target_url(server: ThreadedServer, scheme: str) -> str:
-    if scheme == "http":
-        return f"http://127.0.0.1:{server.server.http.port}"
-    return f"{scheme}://{server.target}"
+    return http_url(server) if scheme == "http" else f"{scheme}://{server.target}"
 
 
 def report_meta(quick: bool) -> dict:

@@ -144,16 +144,15 @@ def _group_section(group: str, runs: dict[str, dict], concurrency: list[int]) ->
     return lines
 
 
-def _ttft_probe(run: dict | None) -> tuple[float, ...]:
-    """The TTFT p50s of a run's one-token C=1 probe runs (warm-up runs left out)."""
-    return tuple(run.get("ttft_probe_p50_ms", ())) if run and not run["error"] else ()
+# Per one-token C=1 probe run (warm-up runs left out), a target's TTFT p50, and the p50 of the
+# part of it outside the server's own clock (llmserve's targets only).
+PROBE_TTFT = "ttft_probe_p50_ms"
+PROBE_OUTSIDE_SERVER = "ttft_probe_outside_server_p50_ms"
 
 
-def _outside_server(run: dict | None) -> tuple[float, ...]:
-    """Per probe run, the p50 of the TTFT outside the server's own clock (llmserve's targets)."""
-    if not run or run["error"]:
-        return ()
-    return tuple(run.get("ttft_probe_outside_server_p50_ms", ()))
+def _probe_values(run: dict | None, field: str = PROBE_TTFT) -> tuple[float, ...]:
+    """A run's values of a probe field, one per probe run; none for a failed run."""
+    return tuple(run.get(field, ())) if run and not run["error"] else ()
 
 
 def _per_run(values: Sequence[float]) -> str:
@@ -161,13 +160,14 @@ def _per_run(values: Sequence[float]) -> str:
 
 
 def _ttft_probe_lines(runs: dict[str, dict]) -> list[str]:
-    probed = {key: values for key, run in runs.items() if (values := _ttft_probe(run))}
+    probed = {key: values for key, run in runs.items() if (values := _probe_values(run))}
     if not probed:
         return []
     lines = ["", "TTFT p50 of one-token requests at C=1, ms, per probe run (after a warm-up run): "
              + "; ".join(f"{TARGET_LABELS.get(key, key)} {_per_run(values)}"
                          for key, values in probed.items()) + "."]
-    outside = {key: values for key, run in runs.items() if (values := _outside_server(run))}
+    outside = {key: values for key, run in runs.items()
+               if (values := _probe_values(run, PROBE_OUTSIDE_SERVER))}
     if outside:
         lines += ["", "Of that, the part outside the server's own clock (the client's TTFT minus "
                   "the server's `timings.time_to_first_token_ms`, which starts when the call "
@@ -235,8 +235,8 @@ def _cell(context: str, groups: dict, target: tuple[str, str, int],
 def _c1_ttft_cell(groups: dict, model: str) -> Cell:
     """llmserve StreamGenerate's C=1 TTFT p50 against in-process: from the one-token probe
     (median and every run) when both targets ran it, else from the C=1 level."""
-    ours = _ttft_probe(groups[model].get("llmserve-stream"))
-    limit = _ttft_probe(groups[model].get(LIMIT))
+    ours = _probe_values(groups[model].get("llmserve-stream"))
+    limit = _probe_values(groups[model].get(LIMIT))
     if ours and limit:
         return Cell(f"{model} (probe)", statistics.median(ours), statistics.median(limit),
                     ours, limit)
@@ -352,7 +352,8 @@ def _goals_section(groups: dict, concurrency: list[int]) -> list[str]:
 def _outside_server_lines(groups: dict, models: list[str]) -> list[str]:
     """Under the C=1 TTFT goal: the part of that overhead measured within each request."""
     measured = [(m, values) for m in models
-                if (values := _outside_server(groups[m].get("llmserve-stream")))]
+                if (values := _probe_values(groups[m].get("llmserve-stream"),
+                                            PROBE_OUTSIDE_SERVER))]
     if not measured:
         return []
     return ["  - paired per request, llmserve StreamGenerate's C=1 TTFT outside its server's own "

@@ -31,7 +31,12 @@ from llmserve_client.bench.cli import (
     load_specs,
 )
 from llmserve_client.bench.loadgen import run_async, run_levels
-from llmserve_client.bench.report import REPEATS_KEYS, level_value
+from llmserve_client.bench.report import (
+    PROBE_OUTSIDE_SERVER,
+    PROBE_TTFT,
+    REPEATS_KEYS,
+    level_value,
+)
 from llmserve_client.bench.servers import (
     SAME_SESSION_NEW_GROUP,
     ServerProcess,
@@ -187,11 +192,11 @@ class Suite:
                       for levels in rounds["levels"]]
             if any(probes):  # each round's first probe run warms up
                 probe_runs = [run for runs in probes for run in runs[1:]]
-                record["ttft_probe_p50_ms"] = [run["ttft_ms"]["p50"] for run in probe_runs]
+                record[PROBE_TTFT] = [run["ttft_ms"]["p50"] for run in probe_runs]
                 outside = [run["ttft_outside_server_ms"]["p50"] for run in probe_runs
                            if run.get("ttft_outside_server_ms")]
                 if outside:
-                    record["ttft_probe_outside_server_p50_ms"] = outside
+                    record[PROBE_OUTSIDE_SERVER] = outside
         self.runs.append(record)
 
     def _server(self, model: str, target_keys: Sequence[str],
