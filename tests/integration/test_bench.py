@@ -408,6 +408,36 @@ def test_the_c1_ttft_goal_uses_the_probe_when_both_targets_ran_it(bench_server, 
             ) in probed
 
 
+def test_the_cpu_goal_shows_what_its_budget_leaves_beyond_the_engine_client(bench_server,
+                                                                           tmp_path):
+    level = run(f"grpc://{bench_server.target}",
+                [LoadSpec(prompt_set(2), [3, 3], concurrency=1)], warmup=0)[0]
+    tokens = level["output_tokens"]
+
+    def cpu(client_ms: float = 0.0, server_ms: float | None = None) -> dict:
+        """The level with this much load-generator and server CPU per token."""
+        return {**level, "client_cpu_s": client_ms * tokens / 1000,
+                "server_cpu_ms_per_token": server_ms}
+
+    runs = [{"model": model, "target": target, "levels": [levels], "error": None}
+            for model, target, levels in (
+                ("tiny", "inprocess", cpu(client_ms=0.04)),
+                ("tiny", "vllm-serve", cpu(server_ms=0.1)),
+                ("tiny", "llmserve-stream", cpu(server_ms=0.09)),
+                ("frontend", "echo", cpu(server_ms=0.035)))]
+    write_report({"meta": report_meta(quick=False), "runs": runs, "profile": None},
+                 tmp_path / "BENCHMARKS.md", None)
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+
+    assert ("- FAIL: llmserve frontend CPU per token ≤ 0.7× `vllm serve`'s (tiny C=1 0.90×)"
+            in report)
+    # 0.7 × 0.1 − 0.04 ms: next to it, what the echo server's messages alone cost.
+    assert ("  - left per token for the frontend's own work within 0.7×, ms: 0.7× `vllm serve`'s "
+            "CPU less the in-process target's (vLLM's engine client, which runs in either "
+            "server's process, with the load generator): tiny C=1 0.030; the bare grpc.aio echo "
+            "server's CPU per message, with nothing behind it: C=1 0.035") in report
+
+
 def test_suite_refuses_zero_repeats(capsys):
     with pytest.raises(SystemExit):
         bench_main(["suite", "--repeats", "0"])
