@@ -113,3 +113,21 @@ def test_one_engine_loop_steps_every_merged_stream():
     assert len(tasks) == 1  # like vLLM's output handler, not a producer per stream
     plain = joined(asyncio.run(read_all(FakeEngine(), request())))
     assert texts == [plain] * 3
+
+
+def test_streams_alike_share_their_outputs_and_each_still_counts_as_a_request():
+    engine = FakeEngine(eos_after=5)
+    alike = dict(ignore_eos=False, min_tokens=0)
+
+    first = asyncio.run(read_all(engine, request(request_id="a", **alike)))
+    other_prompt = asyncio.run(read_all(
+        engine, request(request_id="b", prompt_token_ids=[1, 80, 81], **alike)))
+    engine.eos_after = 3  # the engine's state is part of what outputs are kept by
+    sooner = asyncio.run(read_all(engine, request(request_id="c", **alike)))
+
+    assert other_prompt is not first and other_prompt == first
+    assert len(joined(first)[1]) == 6
+    assert first[-1].completions[0].finish_reason == FinishReason.EOS
+    assert len(joined(sooner)[1]) == 4
+    assert [r.request_id for r in engine.requests] == ["a", "b", "c"]
+    assert not engine.running

@@ -27,6 +27,8 @@ from llmserve.errors import EngineDeadError
 
 BYTE_OFFSET = 3
 BOS, EOS = 1, 2
+# Streams' outputs kept for requests alike (`FakeEngine._stream_steps`), at most this many kinds.
+STREAM_STEPS_KEPT = 64
 
 
 class FakeEngine:
@@ -60,6 +62,8 @@ class FakeEngine:
         # Streams merging unread outputs, and the loop stepping them (while there are any).
         self._stepped: set[_Progress] = set()
         self._stepper: asyncio.Task | None = None
+        # Streams' outputs by what decides them, shared by requests alike (read-only).
+        self._stream_steps_kept: dict[tuple, list[GenerationOutput | None]] = {}
         # Each token's own text, decoded once.
         self._token_texts = [self.detokenize([t]) for t in range(self.model_info.vocab_size)]
 
@@ -87,15 +91,18 @@ class FakeEngine:
             return self._read_stepped(request)
         return self._steps(request)
 
-    def _admit(self, request: GenerationRequest) -> "_Progress":
-        """Starts the request, generating its completions whole at once: per token, a stream
-        then only hands out a step (nothing a frontend benchmark would count as its cost)."""
+    def _start(self, request: GenerationRequest) -> None:
         if self._dead:
             raise EngineDeadError()
         if self.failure is not None:
             raise self.failure
         self.requests.append(request)
         self.running.add(request.request_id)
+
+    def _admit(self, request: GenerationRequest) -> "_Progress":
+        """Starts the request, generating its completions whole at once: per token, a stream
+        then only hands out a step (nothing a frontend benchmark would count as its cost)."""
+        self._start(request)
         # Like vLLM, streams hold back text that may be the start of a stop string.
         held_back = (max(map(len, request.stop)) - 1
                      if request.stop and not request.include_stop_str_in_output else 0)
@@ -106,14 +113,34 @@ class FakeEngine:
         return _Progress(completions, request.stream_interval or 1,
                          self._prompt_logprobs(request))
 
+    def _stream_steps(self, request: GenerationRequest) -> list[GenerationOutput | None]:
+        """A stream's output after each step. Without prompt logprobs they depend on the
+        engine's text and the request's limits, not on its prompt: requests alike share one
+        list, so that a frontend benchmark counts next to nothing of this engine's work."""
+        if request.prompt_logprobs is not None:
+            return self._admit(request).every_step()
+        key = (self.text, self.eos_after, request.n, request.min_tokens, request.max_tokens,
+               request.ignore_eos, tuple(request.stop), tuple(request.stop_token_ids),
+               request.include_stop_str_in_output, request.logprobs, request.stream_interval)
+        steps = self._stream_steps_kept.get(key)
+        if steps is not None:
+            self._start(request)
+            return steps
+        steps = self._admit(request).every_step()
+        if len(self._stream_steps_kept) >= STREAM_STEPS_KEPT:
+            self._stream_steps_kept.clear()
+        self._stream_steps_kept[key] = steps
+        return steps
+
     async def _steps(self, request: GenerationRequest) -> AsyncGenerator[GenerationOutput, None]:
-        progress = self._admit(request)
+        steps = (self._stream_steps(request) if request.stream
+                 else self._admit(request).last_step())
         # Each step waits token_delay. With none, a stream yields tokens instantly (its reader's
         # writes give other requests their turn); unary requests still let the event loop run
         # between steps.
         pace = bool(self.token_delay) or not request.stream
         try:
-            for output in progress.every_step() if request.stream else progress.last_step():
+            for output in steps:
                 if pace:
                     await asyncio.sleep(self.token_delay)
                 if self._dead:
