@@ -125,7 +125,7 @@ def test_streams_alike_share_their_outputs_and_each_still_counts_as_a_request():
     engine.eos_after = 3  # the engine's state is part of what outputs are kept by
     sooner = asyncio.run(read_all(engine, request(request_id="c", **alike)))
 
-    assert other_prompt is not first and other_prompt == first
+    assert other_prompt == first
     assert len(joined(first)[1]) == 6
     assert first[-1].completions[0].finish_reason == FinishReason.EOS
     assert len(joined(sooner)[1]) == 4

@@ -370,10 +370,11 @@ def _cpu_budget_lines(groups: dict, models: list[str], concurrency: list[int]) -
             engine_client = _client_cpu_ms_per_token(limit) if limit else None
             if peer is not None and engine_client is not None:
                 left.append(f"{m} C={c} {CPU_GOAL * peer - engine_client:.3f}")
-    echo = [f"C={c} {cpu:.3f}" for c in concurrency
-            if (cpu := _value(groups, "frontend", ECHO, c, "server_cpu_ms_per_token"))]
     if not left:
         return []
+    echo = [f"C={c} {cpu:.3f}" for c in concurrency
+            if (cpu := _value(groups, "frontend", ECHO, c, "server_cpu_ms_per_token"))
+            is not None]
     line = (f"  - left per token for the frontend's own work within {CPU_GOAL}×, ms: "
             f"{CPU_GOAL}× `vllm serve`'s CPU less the in-process target's (vLLM's engine client, "
             "which runs in either server's process, with the load generator): " + ", ".join(left))
